@@ -1,0 +1,79 @@
+"""The FastAPI application: routers, error handlers, correlation ids, runtime lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from trading_backend import __version__
+from trading_backend.api.errors import install_error_handlers
+from trading_backend.api.routers import auth, brokers, health
+from trading_backend.logging import correlation_id, new_correlation_id
+from trading_backend.manager import multi_user_broker_manager
+from trading_backend.runtime import Runtime
+from trading_backend.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+class CorrelationIdMiddleware(BaseHTTPMiddleware):
+    """One correlation id per request (the caller's, if it sent a sane one)."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        incoming = request.headers.get(CORRELATION_HEADER, "")
+        cid = incoming if 0 < len(incoming) <= 40 and incoming.isprintable() else new_correlation_id()
+        token = correlation_id.set(cid)
+        try:
+            response = await call_next(request)
+        finally:
+            correlation_id.reset(token)
+        response.headers[CORRELATION_HEADER] = cid
+        return response
+
+
+def create_app(
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    *,
+    start_background: bool = True,
+) -> FastAPI:
+    """Build the app. With ``runtime`` given, the caller owns its lifecycle (tests)."""
+    owns_runtime = runtime is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or Runtime(settings or get_settings())
+        app.state.runtime = rt
+        if owns_runtime:
+            await rt.start(
+                worker=rt.settings.embedded_worker and start_background,
+                market=start_background,
+                health_monitor=start_background,
+            )
+        await multi_user_broker_manager.initialize(runtime=rt)
+        try:
+            yield
+        finally:
+            if owns_runtime:
+                await rt.stop()
+
+    app = FastAPI(
+        title="trading-backend",
+        version=__version__,
+        description="Multi-user, multi-broker algorithmic trading backend.",
+        lifespan=lifespan,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    app.add_middleware(CorrelationIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(brokers.router)
+    return app

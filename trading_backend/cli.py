@@ -1,0 +1,417 @@
+"""The ``trading-backend`` command line.
+
+Server-side commands (serve, worker, db, user, broker, keys) work on the database
+directly. Trading commands (order, status) talk to a running server's REST API, logging in
+with --username/--password (or TB_USERNAME/TB_PASSWORD, or the demo credentials in the
+data directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trading_backend.domain import DomainError, ErrorCode
+
+app = typer.Typer(
+    help="Multi-user, multi-broker algorithmic trading backend.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+user_app = typer.Typer(help="Users.", no_args_is_help=True)
+broker_app = typer.Typer(help="Broker account configs.", no_args_is_help=True)
+order_app = typer.Typer(help="Orders (through a running server's API).", no_args_is_help=True)
+keys_app = typer.Typer(help="Secrets.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(broker_app, name="broker")
+app.add_typer(order_app, name="order")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings() -> Any:
+    from trading_backend.settings import ConfigurationError, get_settings
+
+    try:
+        return get_settings()
+    except ConfigurationError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: str | None = None) -> None:
+    err_console.print(f"[red]error[/red]{f' [{code}]' if code else ''}: {message}")
+    raise typer.Exit(1)
+
+
+def _with_runtime(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(runtime)`` against the database (migrated), without background tasks."""
+    from trading_backend.logging import configure_logging
+    from trading_backend.runtime import Runtime
+
+    settings = _settings()
+    configure_logging("WARNING")
+
+    async def main() -> T:
+        runtime = Runtime(settings)
+        try:
+            await runtime.start(worker=False, market=False, health_monitor=False)
+            return await work(runtime)
+        finally:
+            await runtime.stop()
+
+    try:
+        return asyncio.run(main())
+    except DomainError as exc:
+        _fail(exc.message, exc.code.value)
+        raise  # unreachable
+
+
+# -- server processes -------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default PORT or 8000)")] = None,
+    demo: Annotated[
+        bool | None, typer.Option("--demo/--no-demo", help="create the demo user (default: in development)")
+    ] = None,
+) -> None:
+    """Run the API server with the embedded worker, paper market and health monitor."""
+    import uvicorn
+
+    from trading_backend.api.app import create_app
+    from trading_backend.demo import ensure_demo_user
+    from trading_backend.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    host = host or settings.host
+    port = port or settings.port
+    if demo if demo is not None else (settings.create_demo_user and not settings.is_production):
+        creds = _with_runtime(ensure_demo_user)
+        configure_logging(settings.log_level, settings.log_json)
+        console.print(
+            f"[bold green]Demo user[/bold green]: username [bold]{creds['username']}[/bold]"
+            f"  password [bold]{creds['password']}[/bold]  paper config [bold]{creds['config_id']}[/bold]"
+            f"  (saved in {settings.data_dir / 'demo-credentials.json'})"
+        )
+    console.print(f"API on http://{host}:{port}  (docs at http://{host}:{port}/docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="orders carried out at once")] = None,
+) -> None:
+    """Run an order worker (with its own paper market) without the API."""
+    from trading_backend.logging import configure_logging
+    from trading_backend.runtime import Runtime
+
+    settings = _settings()
+    if concurrency:
+        settings.worker_concurrency = concurrency
+    configure_logging(settings.log_level, settings.log_json)
+
+    async def main() -> None:
+        runtime = Runtime(settings)
+        await runtime.start()
+        console.print(f"worker {runtime.worker.worker_id} running; Ctrl-C to stop")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runtime.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply database migrations (idempotent)."""
+    from trading_backend.logging import configure_logging
+    from trading_backend.storage.database import create_engine, upgrade_database
+
+    settings = _settings()
+    configure_logging("WARNING")
+
+    async def main() -> None:
+        engine = create_engine(settings.effective_database_url)
+        try:
+            await upgrade_database(engine, revision)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    console.print(f"database at {revision}: {_redacted_url(settings.effective_database_url)}")
+
+
+def _redacted_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- users and configs ------------------------------------------------------------------------
+@user_app.command("create")
+def user_create(
+    username: str,
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="at least 8 characters")
+    ],
+    admin: Annotated[bool, typer.Option("--admin", help="make the user an ADMIN")] = False,
+    user_id: Annotated[str | None, typer.Option("--id", help="user id (default generated)")] = None,
+) -> None:
+    """Create a user (the first user of a deployment is an ADMIN)."""
+
+    async def work(runtime: Any) -> Any:
+        return await runtime.accounts.create_user(
+            username, password, role="ADMIN" if admin else None, user_id=user_id
+        )
+
+    user = _with_runtime(work)
+    console.print(f"created user [bold]{user.username}[/bold] id={user.id} role={user.role}")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users (no secrets)."""
+
+    async def work(runtime: Any) -> Any:
+        return await runtime.accounts.list_users()
+
+    table = Table("id", "username", "role")
+    for user in _with_runtime(work):
+        table.add_row(user.id, user.username, user.role)
+    console.print(table)
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"{what} must look like key=value, got {item!r}")
+        result[key.strip()] = value
+    return result
+
+
+@broker_app.command("add")
+def broker_add(
+    user: Annotated[str, typer.Option("--user", help="user id or username")],
+    name: Annotated[str, typer.Option(help="a name for this account")],
+    broker: Annotated[str, typer.Option(help="broker adapter, e.g. paper")] = "paper",
+    config_id: Annotated[str | None, typer.Option("--config-id", help="config id (default generated)")] = None,
+    setting: Annotated[list[str] | None, typer.Option(help="adapter setting key=value (repeatable)")] = None,
+    credential: Annotated[
+        list[str] | None, typer.Option(help="credential key=value (repeatable; stored encrypted)")
+    ] = None,
+) -> None:
+    """Add a broker account config for a user."""
+    settings_map: dict[str, Any] = {}
+    for key, value in _pairs(setting, "--setting").items():
+        try:
+            settings_map[key] = json.loads(value)
+        except ValueError:
+            settings_map[key] = value
+    creds = _pairs(credential, "--credential")
+
+    async def work(runtime: Any) -> Any:
+        info = await runtime.accounts.resolve_user(user)
+        if info is None:
+            raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+        return await runtime.accounts.create_config(
+            info.id, broker, name, credentials=creds, settings=settings_map, config_id=config_id
+        )
+
+    created = _with_runtime(work)
+    console.print(f"created {created['broker']} config [bold]{created['config_id']}[/bold] ({created['name']})")
+
+
+@broker_app.command("list")
+def broker_list(user: Annotated[str, typer.Option("--user", help="user id or username")]) -> None:
+    """List a user's broker configs (credentials masked)."""
+
+    async def work(runtime: Any) -> Any:
+        info = await runtime.accounts.resolve_user(user)
+        return [] if info is None else await runtime.accounts.list_configs(info.id)
+
+    table = Table("config_id", "broker", "name")
+    for config in _with_runtime(work):
+        table.add_row(config["config_id"], config["broker"], config["name"])
+    console.print(table)
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new MASTER_ENCRYPTION_KEY and JWT_SECRET_KEY for a production environment."""
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    console.print(f"MASTER_ENCRYPTION_KEY={Fernet.generate_key().decode()}")
+    console.print(f"JWT_SECRET_KEY={secrets.token_urlsafe(48)}")
+
+
+# -- API client commands -------------------------------------------------------------------------
+class _Api:
+    def __init__(self, url: str, username: str | None, password: str | None, token: str | None) -> None:
+        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=30)
+        if token is None:
+            if username is None or password is None:
+                from trading_backend.demo import read_demo_credentials
+
+                demo = read_demo_credentials(_settings().data_dir) or {}
+                username = username or demo.get("username")
+                password = password or demo.get("password")
+            if not username or not password:
+                _fail("give --username and --password (or TB_USERNAME/TB_PASSWORD)")
+            token = self._login(username or "", password or "")
+        self.client.headers["Authorization"] = f"Bearer {token}"
+
+    def _login(self, username: str, password: str) -> str:
+        data = self.call("POST", "/api/v1/auth/login", json={"username": username, "password": password})
+        return str(data["access_token"])
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the server at {self.client.base_url}: {exc}")
+            raise  # unreachable
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text}
+        if response.status_code >= 400:
+            _fail(str(body.get("message", body)), body.get("error_code"))
+        return body
+
+
+ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TB_API_URL", help="server URL")]
+Username = Annotated[str | None, typer.Option(envvar="TB_USERNAME", help="login name")]
+Password = Annotated[str | None, typer.Option(envvar="TB_PASSWORD", help="password")]
+Token = Annotated[str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _order_table(orders: list[dict[str, Any]]) -> Table:
+    table = Table("order_id", "symbol", "side", "type", "qty", "price", "status", "filled", "avg")
+    for o in orders:
+        table.add_row(
+            o["order_id"],
+            f"{o['exchange']}:{o['symbol']}",
+            o["side"],
+            o["order_type"],
+            str(o["quantity"]),
+            "" if o.get("price") is None else str(o["price"]),
+            o["status"] + (f" ({o['error_code']})" if o.get("error_code") else ""),
+            str(o["filled_quantity"]),
+            str(o["average_price"]),
+        )
+    return table
+
+
+@order_app.command("place")
+def order_place(
+    config_id: Annotated[str, typer.Option("--config-id", help="broker config id")],
+    symbol: Annotated[str, typer.Option(help="e.g. TCS")],
+    side: Annotated[str, typer.Option(help="BUY or SELL")],
+    quantity: Annotated[int, typer.Option(help="units (multiple of the lot size)")],
+    order_type: Annotated[str, typer.Option("--type", help="MARKET, LIMIT, SL or SL_M")] = "MARKET",
+    product_type: Annotated[str, typer.Option("--product", help="DELIVERY, INTRADAY, MARGIN, CARRYFORWARD")] = "DELIVERY",
+    exchange: Annotated[str, typer.Option(help="NSE, BSE, NFO, ...")] = "NSE",
+    price: Annotated[Decimal | None, typer.Option(help="limit price (LIMIT, SL)")] = None,
+    trigger_price: Annotated[Decimal | None, typer.Option(help="trigger price (SL, SL_M)")] = None,
+    client_order_id: Annotated[str | None, typer.Option(help="idempotency key")] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Place an order and show where it ended up."""
+    api = _Api(api_url, username, password, token)
+    order: dict[str, Any] = {
+        "symbol": symbol,
+        "exchange": exchange.upper(),
+        "side": side.upper(),
+        "order_type": order_type.upper().replace("-", "_"),
+        "product_type": product_type.upper(),
+        "quantity": quantity,
+    }
+    if price is not None:
+        order["price"] = str(price)
+    if trigger_price is not None:
+        order["trigger_price"] = str(trigger_price)
+    if client_order_id:
+        order["client_order_id"] = client_order_id
+    result = api.call("POST", "/api/v1/brokers/orders/place", json={"config_id": config_id, "order": order})
+    console.print(_order_table([result]))
+
+
+@order_app.command("list")
+def order_list(
+    config_id: Annotated[str | None, typer.Option("--config-id", help="only this config")] = None,
+    status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show the order book."""
+    api = _Api(api_url, username, password, token)
+    params = {k: v for k, v in {"config_id": config_id, "status": status}.items() if v}
+    console.print(_order_table(api.call("GET", "/api/v1/brokers/orders", params=params)))
+
+
+@order_app.command("cancel")
+def order_cancel(
+    order_id: str,
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Cancel an open order."""
+    api = _Api(api_url, username, password, token)
+    console.print(_order_table([api.call("DELETE", f"/api/v1/brokers/orders/{order_id}")]))
+
+
+@app.command()
+def status(
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show server health, and system status when you are an admin."""
+    api = _Api(api_url, username, password, token)
+    health = api.client.get("/health").json()
+    console.print_json(data=health)
+    me = api.call("GET", "/api/v1/auth/me")
+    if me.get("role") in ("ADMIN", "SUPER_ADMIN"):
+        console.print_json(data=api.call("GET", "/api/v1/brokers/admin/status"))
+    sessions = api.call("GET", "/api/v1/brokers/sessions")
+    console.print(f"your broker sessions: {len(sessions)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The order service: the one way an order enters the system.
+
+validate -> risk -> persist PENDING + queue entry (one transaction) -> a worker submits.
+Placing again with a client order id already used returns the existing order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from trading_backend.domain import (
+    BrokerOrder,
+    DomainError,
+    ErrorCode,
+    IllegalTransition,
+    Order,
+    OrderStatus,
+    OrderType,
+)
+from trading_backend.domain.orders import BrokerOrder as _BrokerOrder
+from trading_backend.execution.ids import new_order_id
+from trading_backend.execution.locks import KeyedLocks
+from trading_backend.execution.queue import MessageKind, OrderQueue, Outcome, Priority
+from trading_backend.execution.recorder import OrderRecorder
+from trading_backend.logging import correlation_id
+from trading_backend.risk import RiskCheck
+from trading_backend.storage.models import BrokerConfig, OrderRow
+from trading_backend.storage.repositories import (
+    add_audit,
+    add_event,
+    copy_order_to_row,
+    new_order_row,
+    order_from_row,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class OrderNotFound(DomainError):
+    code = ErrorCode.ORDER_NOT_FOUND
+
+
+@dataclass(slots=True)
+class OrderResult:
+    """An order after a request, plus what happened to the request itself."""
+
+    order: Order
+    outcome: Outcome | None  # None: still being processed when the wait ended
+    created: bool = True
+
+
+class OrderService:
+    def __init__(
+        self,
+        db: async_sessionmaker[AsyncSession],
+        queue: OrderQueue,
+        risk: RiskCheck,
+        recorder: OrderRecorder,
+        locks: KeyedLocks,
+    ) -> None:
+        self._db = db
+        self._queue = queue
+        self._risk = risk
+        self._recorder = recorder
+        self._locks = locks
+
+    async def _require_config(self, session: AsyncSession, user_id: str, config_id: str) -> None:
+        found = await session.scalar(
+            select(BrokerConfig.id).where(
+                BrokerConfig.id == config_id,
+                BrokerConfig.user_id == user_id,
+                BrokerConfig.is_active.is_(True),
+            )
+        )
+        if found is None:
+            raise DomainError(f"broker config {config_id!r} not found", ErrorCode.CONFIG_NOT_FOUND)
+
+    async def _existing(self, user_id: str, client_order_id: str) -> Order | None:
+        async with self._db() as session:
+            row = await session.scalar(
+                select(OrderRow).where(
+                    OrderRow.user_id == user_id, OrderRow.client_order_id == client_order_id
+                )
+            )
+            return order_from_row(row) if row is not None else None
+
+    async def place(
+        self,
+        user_id: str,
+        config_id: str,
+        request: BrokerOrder,
+        *,
+        priority: Priority = Priority.NORMAL,
+        wait: float = 0.0,
+        ip: str | None = None,
+    ) -> OrderResult:
+        if request.client_order_id:
+            existing = await self._existing(user_id, request.client_order_id)
+            if existing is not None:
+                if existing.config_id != config_id:
+                    raise DomainError(
+                        "client_order_id already used for another broker account",
+                        ErrorCode.CONFLICT,
+                    )
+                return OrderResult(existing, Outcome(True), created=False)
+        await self._risk.check(user_id, config_id, request)
+        order = Order.from_request(new_order_id(), user_id, config_id, request)
+        cid = correlation_id.get()
+        try:
+            async with self._db() as session, session.begin():
+                await self._require_config(session, user_id, config_id)
+                row = new_order_row(order, int(priority), cid)
+                session.add(row)
+                await session.flush()
+                add_event(
+                    session,
+                    row,
+                    "ACCEPTED",
+                    to_status=OrderStatus.PENDING.value,
+                    data={"priority": priority.name},
+                )
+                entry_id = await self._queue.enqueue(
+                    session,
+                    kind=MessageKind.PLACE,
+                    order_id=order.order_id,
+                    priority=priority,
+                    correlation_id=cid,
+                )
+                await add_audit(
+                    session,
+                    "order.placed",
+                    user_id=user_id,
+                    target=order.order_id,
+                    data={
+                        "config_id": config_id,
+                        "symbol": order.symbol,
+                        "side": order.side.value,
+                        "quantity": order.quantity,
+                        "order_type": order.order_type.value,
+                    },
+                    ip=ip,
+                    correlation_id=cid,
+                )
+        except IntegrityError:
+            # Two requests raced with the same client order id: the first one won.
+            if request.client_order_id:
+                existing = await self._existing(user_id, request.client_order_id)
+                if existing is not None:
+                    return OrderResult(existing, Outcome(True), created=False)
+            raise
+        self._queue.notify()
+        log.info(
+            "order_accepted",
+            order_id=order.order_id,
+            user_id=user_id,
+            config_id=config_id,
+            symbol=order.symbol,
+        )
+        outcome = await self._queue.wait_processed(entry_id, wait)
+        return OrderResult(await self.get(user_id, order.order_id), outcome)
+
+    async def get(self, user_id: str, order_id: str) -> Order:
+        async with self._db() as session:
+            row = await session.scalar(
+                select(OrderRow).where(OrderRow.id == order_id, OrderRow.user_id == user_id)
+            )
+            if row is None:
+                raise OrderNotFound(f"order {order_id!r} not found")
+            return order_from_row(row)
+
+    async def modify(
+        self,
+        user_id: str,
+        order_id: str,
+        *,
+        quantity: int | None = None,
+        price: Decimal | None = None,
+        trigger_price: Decimal | None = None,
+        order_type: OrderType | None = None,
+        wait: float = 0.0,
+        ip: str | None = None,
+    ) -> OrderResult:
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "quantity": quantity,
+                "price": price,
+                "trigger_price": trigger_price,
+                "order_type": order_type,
+            }.items()
+            if v is not None
+        }
+        if not changes:
+            raise DomainError("nothing to modify", ErrorCode.INVALID_ORDER)
+        cid = correlation_id.get()
+        async with self._locks.hold(order_id):
+            async with self._db() as session, session.begin():
+                row = await self._owned_row(session, user_id, order_id)
+                order = order_from_row(row)
+                if order.status not in (
+                    OrderStatus.PENDING,
+                    OrderStatus.OPEN,
+                    OrderStatus.PARTIALLY_FILLED,
+                ):
+                    raise DomainError(
+                        f"order in {order.status} cannot be modified",
+                        ErrorCode.ORDER_NOT_MODIFIABLE,
+                    )
+                candidate = order_from_row(row)
+                try:
+                    candidate.modify(**changes)  # validates the resulting order
+                except IllegalTransition as exc:
+                    raise DomainError(exc.message, ErrorCode.ORDER_NOT_MODIFIABLE) from None
+                wire = {k: (str(v) if v is not None else None) for k, v in changes.items()}
+                await add_audit(
+                    session,
+                    "order.modified",
+                    user_id=user_id,
+                    target=order_id,
+                    data=wire,
+                    ip=ip,
+                    correlation_id=cid,
+                )
+                if order.status is OrderStatus.PENDING:
+                    # Not yet at the broker: change it in place, the worker sends the new one.
+                    copy_order_to_row(candidate, row)
+                    add_event(session, row, "MODIFIED", data=wire, correlation_id=cid)
+                    return OrderResult(candidate, Outcome(True))
+                add_event(session, row, "MODIFY_REQUESTED", data=wire, correlation_id=cid)
+                entry_id = await self._queue.enqueue(
+                    session,
+                    kind=MessageKind.MODIFY,
+                    order_id=order_id,
+                    priority=Priority.HIGH,
+                    payload=wire,
+                    correlation_id=cid,
+                )
+        self._queue.notify()
+        outcome = await self._queue.wait_processed(entry_id, wait)
+        return OrderResult(await self.get(user_id, order_id), outcome)
+
+    async def cancel(
+        self, user_id: str, order_id: str, *, wait: float = 0.0, ip: str | None = None
+    ) -> OrderResult:
+        cid = correlation_id.get()
+        async with self._locks.hold(order_id):
+            async with self._db() as session, session.begin():
+                row = await self._owned_row(session, user_id, order_id)
+                order = order_from_row(row)
+                if order.status.is_final:
+                    raise DomainError(
+                        f"order is already {order.status}", ErrorCode.ORDER_NOT_CANCELLABLE
+                    )
+                await add_audit(
+                    session,
+                    "order.cancelled",
+                    user_id=user_id,
+                    target=order_id,
+                    ip=ip,
+                    correlation_id=cid,
+                )
+                if order.status is OrderStatus.PENDING:
+                    order.transition(OrderStatus.CANCELLED, message="cancelled before submission")
+                    copy_order_to_row(order, row)
+                    add_event(
+                        session,
+                        row,
+                        "CANCELLED",
+                        from_status=OrderStatus.PENDING.value,
+                        to_status=OrderStatus.CANCELLED.value,
+                        correlation_id=cid,
+                    )
+                    return OrderResult(order, Outcome(True))
+                add_event(session, row, "CANCEL_REQUESTED", correlation_id=cid)
+                entry_id = await self._queue.enqueue(
+                    session,
+                    kind=MessageKind.CANCEL,
+                    order_id=order_id,
+                    priority=Priority.HIGH,
+                    correlation_id=cid,
+                )
+        self._queue.notify()
+        outcome = await self._queue.wait_processed(entry_id, wait)
+        return OrderResult(await self.get(user_id, order_id), outcome)
+
+    @staticmethod
+    async def _owned_row(session: AsyncSession, user_id: str, order_id: str) -> OrderRow:
+        row = await session.scalar(
+            select(OrderRow).where(OrderRow.id == order_id, OrderRow.user_id == user_id)
+        )
+        if row is None:
+            raise OrderNotFound(f"order {order_id!r} not found")
+        return row
+
+
+def request_from_payload(data: dict[str, Any]) -> _BrokerOrder:
+    """Build a ``BrokerOrder`` from plain data (API bodies, CLI options)."""
+    return _BrokerOrder(**data)

@@ -1,0 +1,149 @@
+"""The runtime: builds every service from the settings and runs the background tasks.
+
+One ``Runtime`` per process. ``serve`` runs it with everything embedded (API, order worker,
+simulated market, session health monitor); ``worker`` runs only the worker part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from trading_backend.accounts.service import AccountService
+from trading_backend.accounts.tokens import TokenService
+from trading_backend.accounts.vault import Vault
+from trading_backend.brokers.base import BrokerContext
+from trading_backend.brokers.paper import SimulatedMarket
+from trading_backend.brokers.sessions import BrokerSessionManager
+from trading_backend.execution.locks import KeyedLocks
+from trading_backend.execution.order_service import OrderService
+from trading_backend.execution.queue import EmbeddedQueue
+from trading_backend.execution.recorder import OrderRecorder
+from trading_backend.execution.worker import OrderWorker
+from trading_backend.risk import PassThroughRisk, RiskCheck
+from trading_backend.settings import Settings, ensure_secrets
+from trading_backend.storage.database import (
+    check_database,
+    create_engine,
+    session_factory,
+    upgrade_database,
+)
+from trading_backend.storage.state_store import DatabaseStateStore
+
+log = structlog.get_logger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, risk: RiskCheck | None = None) -> None:
+        self.settings = ensure_secrets(settings)
+        self.engine: AsyncEngine = create_engine(settings.effective_database_url)
+        self.db = session_factory(self.engine)
+        self.vault = Vault(settings.encryption_keys())
+        self.accounts = AccountService(self.db, self.vault)
+        assert settings.jwt_secret_key is not None
+        self.tokens = TokenService(
+            settings.jwt_secret_key, settings.jwt_algorithm, settings.access_token_minutes
+        )
+        self.market = SimulatedMarket(seed=settings.market_seed)
+        self.broker_context = BrokerContext(
+            market=self.market, state_store=DatabaseStateStore(self.db)
+        )
+        self.locks = KeyedLocks()
+        self.recorder = OrderRecorder(self.db, self.locks)
+        self.sessions = BrokerSessionManager(
+            self.db, self.vault, self.broker_context, on_update=self.recorder.handle_update
+        )
+        self.queue = EmbeddedQueue(self.db)
+        self.orders = OrderService(
+            self.db, self.queue, risk or PassThroughRisk(), self.recorder, self.locks
+        )
+        self.worker = OrderWorker(
+            self.db,
+            self.queue,
+            self.sessions,
+            self.recorder,
+            self.locks,
+            concurrency=settings.worker_concurrency,
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self.started = False
+
+    @property
+    def background_tasks(self) -> int:
+        return sum(not t.done() for t in self._tasks)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def start(
+        self,
+        *,
+        migrate: bool = True,
+        worker: bool = True,
+        market: bool = True,
+        health_monitor: bool = True,
+    ) -> None:
+        if self.started:
+            return
+        if migrate:
+            await upgrade_database(self.engine)
+        if worker:
+            # Embedded mode: this process is the only worker, so anything claimed by a
+            # previous run of it was interrupted: put it back, then ask brokers what happened.
+            self.queue.has_local_worker = True
+            recovered = await self.queue.recover()
+            if recovered:
+                log.warning("queue_entries_recovered", count=recovered)
+            await self.worker.reconcile_all()
+            self._spawn(self.worker.run(self._stop), "order-worker")
+        if market:
+            self._spawn(self.market.run(self.settings.market_tick_seconds), "paper-market")
+        if health_monitor:
+            self._spawn(
+                self.sessions.run_health_monitor(self.settings.health_check_seconds),
+                "session-health",
+            )
+        self.started = True
+        log.info("runtime_started", database=self.engine.url.render_as_string(hide_password=True))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self.queue.notify()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.sessions.close_all()
+        await self.engine.dispose()
+        self.started = False
+        log.info("runtime_stopped")
+
+    async def health(self) -> dict[str, Any]:
+        database_ok = await check_database(self.engine)
+        try:
+            depth = await self.queue.depth() if database_ok else {}
+            queue_ok = database_ok
+        except Exception:  # noqa: BLE001 - reported, not raised
+            depth, queue_ok = {}, False
+        status = self.sessions.system_status(self.background_tasks)
+        healthy = database_ok and queue_ok
+        return {
+            "status": "healthy" if healthy else "unhealthy",
+            "database": {"ok": database_ok, "backend": self.engine.dialect.name},
+            "queue": {"ok": queue_ok, "backend": "embedded", **depth},
+            "broker_sessions": {
+                "total": status["total_sessions"],
+                "healthy": status["healthy_sessions"],
+                "error": status["error_sessions"],
+                "expired": status["expired_sessions"],
+            },
+            "market": {"ticks": self.market.tick_count},
+        }

@@ -1,0 +1,156 @@
+"""Settings from the environment (and ``.env``), with embedded defaults for development.
+
+In development a missing secret (MASTER_ENCRYPTION_KEY, JWT_SECRET_KEY) is generated once
+into ``<data dir>/secrets.env`` (mode 0600) so a fresh checkout just runs; with
+ENVIRONMENT=production a missing secret is a start-up error instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from cryptography.fernet import Fernet
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = structlog.get_logger(__name__)
+
+SECRETS_FILE = "secrets.env"
+
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot work (e.g. a production deployment without its secrets)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Field(default=Path("data"), validation_alias="TRADING_BACKEND_DATA_DIR")
+    database_url: str | None = None
+    redis_url: str | None = None
+    master_encryption_key: str | None = None
+    jwt_secret_key: str | None = None
+    jwt_algorithm: str = "HS256"
+    access_token_minutes: int = 60
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Angel One (used by a later issue's adapter and its setup command)
+    angel_one_api_key: str | None = None
+    angel_one_client_id: str | None = None
+    angel_one_password: str | None = None
+    angel_one_totp_secret: str | None = None
+
+    # Instrument loading (seed settings)
+    max_equity_instruments: int = 1000
+    max_derivatives_instruments: int = 500
+    load_all_instruments: bool = False
+    max_total_instruments: int = 150_000
+
+    # Paper market and order path
+    market_seed: int = 42
+    market_tick_seconds: float = 1.0
+    order_wait_seconds: float = 5.0  # how long place waits for the broker's answer
+    worker_concurrency: int = 4
+    embedded_worker: bool = True  # run an order worker inside ``serve``
+    health_check_seconds: float = 30.0
+    create_demo_user: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        return normalise_database_url(value) if value else value
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'trading.db').resolve()}"
+
+    def encryption_keys(self) -> list[str]:
+        """MASTER_ENCRYPTION_KEY may hold several comma-separated keys, newest first."""
+        assert self.master_encryption_key, "call ensure_secrets() first"
+        return [k.strip() for k in self.master_encryption_key.split(",") if k.strip()]
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the usual ``postgresql://`` and ``sqlite://`` spellings; we need async drivers."""
+    for prefix, replacement in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix) :]
+    return url
+
+
+def ensure_secrets(settings: Settings) -> Settings:
+    """Fill missing secrets from (or into) the data directory; refuse in production."""
+    missing = [
+        name
+        for name in ("master_encryption_key", "jwt_secret_key")
+        if not getattr(settings, name)
+    ]
+    if not missing:
+        return settings
+    if settings.is_production:
+        raise ConfigurationError(
+            "ENVIRONMENT=production needs "
+            + " and ".join(name.upper() for name in missing)
+            + "; generate them with `trading-backend keys generate` and set them in the environment"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / SECRETS_FILE
+    stored = _read_env_file(path)
+    changed = False
+    for name in missing:
+        key = name.upper()
+        if key not in stored:
+            stored[key] = (
+                Fernet.generate_key().decode()
+                if name == "master_encryption_key"
+                else secrets.token_urlsafe(48)
+            )
+            changed = True
+            log.warning("generated_secret", name=key, file=str(path))
+        setattr(settings, name, stored[key])
+    if changed:
+        _write_private(path, "".join(f"{k}={v}\n" for k, v in sorted(stored.items())))
+    return settings
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return ensure_secrets(Settings())
