@@ -1,0 +1,122 @@
+"""The whole order path on the paper broker: accept, persist, queue, submit, fill, record.
+Runs on SQLite and (with TEST_DATABASE_URL) on PostgreSQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import func, select
+
+from tests.helpers import order, user_with_config
+from trading_backend.domain import ErrorCode, OrderStatus
+from trading_backend.runtime import Runtime
+from trading_backend.storage.models import OrderEventRow, PositionRow, QueueEntryRow, TradeRow
+
+
+async def count(runtime: Runtime, model: type, *where: object) -> int:
+    async with runtime.db() as session:
+        return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+async def test_market_order_fills_and_is_recorded(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime)
+    result = await runtime.orders.place(user_id, config_id, order(quantity=3), wait=5)
+    placed = result.order
+    assert placed.status is OrderStatus.FILLED
+    assert placed.filled_quantity == 3
+    assert placed.broker_order_id
+    quote = runtime.market.quote("TCS", "NSE")
+    assert placed.average_price == quote.ask  # fills at the touch, no slippage by default
+    assert await count(runtime, TradeRow, TradeRow.order_id == placed.order_id) >= 1
+    async with runtime.db() as session:
+        position = await session.scalar(select(PositionRow).where(PositionRow.config_id == config_id))
+        events = (
+            await session.scalars(
+                select(OrderEventRow.event_type).where(OrderEventRow.order_id == placed.order_id)
+            )
+        ).all()
+    assert position is not None and position.quantity == 3
+    assert events[0] == "ACCEPTED" and "SUBMITTED" in events and "FILL" in events
+    assert await count(runtime, QueueEntryRow) == 0
+
+
+async def test_limit_order_rests_then_fills_when_price_crosses(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime)
+    ltp = runtime.market.quote("INFY", "NSE").ltp
+    limit = ltp - Decimal("20")
+    result = await runtime.orders.place(
+        user_id, config_id, order(symbol="INFY", order_type="LIMIT", price=limit, quantity=2), wait=5
+    )
+    assert result.order.status is OrderStatus.OPEN
+    await runtime.market.set_price("INFY", "NSE", limit - Decimal("1"))
+    filled = await runtime.orders.get(user_id, result.order.order_id)
+    assert filled.status is OrderStatus.FILLED
+    assert filled.average_price <= limit
+
+
+async def test_stop_orders_trigger(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime)
+    ltp = runtime.market.quote("SBIN", "NSE").ltp
+    trigger = ltp + Decimal("10")
+    sl_m = await runtime.orders.place(
+        user_id, config_id, order(symbol="SBIN", order_type="SL_M", trigger_price=trigger), wait=5
+    )
+    sl = await runtime.orders.place(
+        user_id,
+        config_id,
+        order(symbol="SBIN", order_type="SL", trigger_price=trigger, price=trigger + Decimal("5")),
+        wait=5,
+    )
+    assert sl_m.order.status is OrderStatus.OPEN and sl.order.status is OrderStatus.OPEN
+    await runtime.market.set_price("SBIN", "NSE", trigger + Decimal("1"))
+    for placed in (sl_m, sl):
+        final = await runtime.orders.get(user_id, placed.order.order_id)
+        assert final.status is OrderStatus.FILLED, final
+
+
+async def test_modify_and_cancel_open_orders(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime)
+    ltp = runtime.market.quote("TCS", "NSE").ltp
+    low = (ltp * Decimal("0.9")).quantize(Decimal("0.05"))
+    placed = await runtime.orders.place(
+        user_id, config_id, order(order_type="LIMIT", price=low, quantity=4), wait=5
+    )
+    modified = await runtime.orders.modify(
+        user_id, placed.order.order_id, price=low - Decimal("1"), quantity=6, wait=5
+    )
+    assert modified.outcome is not None and modified.outcome.ok
+    assert modified.order.price == low - Decimal("1") and modified.order.quantity == 6
+    cancelled = await runtime.orders.cancel(user_id, placed.order.order_id, wait=5)
+    assert cancelled.order.status is OrderStatus.CANCELLED
+    again = await runtime.orders.get(user_id, placed.order.order_id)
+    assert again.status is OrderStatus.CANCELLED
+
+
+async def test_insufficient_funds_is_rejected_with_its_code(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime, initial_capital=10_000)
+    result = await runtime.orders.place(user_id, config_id, order(quantity=100), wait=5)
+    assert result.order.status is OrderStatus.REJECTED
+    assert result.order.error_code == ErrorCode.INSUFFICIENT_FUNDS.value
+
+
+async def test_client_order_id_makes_placement_idempotent(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime)
+    first = await runtime.orders.place(user_id, config_id, order(client_order_id="abc-1"), wait=5)
+    second = await runtime.orders.place(user_id, config_id, order(client_order_id="abc-1"), wait=5)
+    assert second.created is False
+    assert second.order.order_id == first.order.order_id
+    session = await runtime.sessions.open(user_id, config_id)
+    assert len(await session.broker.get_orders()) == 1
+
+
+async def test_unknown_config_is_config_not_found(runtime: Runtime) -> None:
+    user_id, _ = await user_with_config(runtime)
+    other_id, other_config = await user_with_config(runtime, "bob")
+    import pytest
+
+    from trading_backend.domain import DomainError
+
+    for config in ("nope", other_config):
+        with pytest.raises(DomainError) as info:
+            await runtime.orders.place(user_id, config, order(), wait=1)
+        assert info.value.code is ErrorCode.CONFIG_NOT_FOUND
