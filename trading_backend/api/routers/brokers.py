@@ -101,6 +101,12 @@ async def list_sessions(user: UserDep, runtime: RuntimeDep) -> list[dict[str, An
     return [s.to_dict() for s in runtime.sessions.sessions(user.id)]
 
 
+async def _check_config(reader: UserScopedReader, config_id: str | None) -> None:
+    """A filter on a config that is not the caller's is a 404, like any other use of it."""
+    if config_id is not None and await reader.config(config_id) is None:
+        raise DomainError(f"broker config {config_id!r} not found", ErrorCode.CONFIG_NOT_FOUND)
+
+
 # -- orders ------------------------------------------------------------------------------
 def _order_response(result: OrderResult, created_status: int) -> JSONResponse:
     order: Order = result.order
@@ -171,7 +177,9 @@ async def list_orders(
 ) -> list[dict[str, Any]]:
     """Order book, newest first."""
     async with runtime.db() as session:
-        rows = await UserScopedReader(session, user.id).orders(
+        reader = UserScopedReader(session, user.id)
+        await _check_config(reader, config_id)
+        rows = await reader.orders(
             config_id, status.value if status else None, limit, offset
         )
         return [numbers(order_to_dict(order_from_row(r))) for r in rows]
@@ -246,7 +254,9 @@ async def list_trades(
 ) -> list[dict[str, Any]]:
     """Trade book (executions), newest first."""
     async with runtime.db() as session:
-        rows = await UserScopedReader(session, user.id).trades(config_id, limit, offset)
+        reader = UserScopedReader(session, user.id)
+        await _check_config(reader, config_id)
+        rows = await reader.trades(config_id, limit, offset)
         return [numbers(trade_to_dict(r)) for r in rows]
 
 

@@ -1,0 +1,86 @@
+"""Per-user isolation, checked on every route of the OpenAPI document: user B using user A's
+ids gets 404 (never 200, never a 403 that would reveal the id exists), and A's data is
+untouched afterwards. New routes are covered automatically."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import Account
+from trading_backend.runtime import Runtime
+
+PUBLIC_OR_SELF = {
+    ("/health", "get"),
+    ("/api/v1/auth/register", "post"),
+    ("/api/v1/auth/login", "post"),
+    ("/api/v1/auth/me", "get"),
+    ("/api/v1/brokers/admin/status", "get"),  # role-guarded; no ids
+}
+
+
+def _body(path: str, method: str, alice: Account) -> dict[str, Any] | None:
+    if path.endswith("/orders/place"):
+        order = {"symbol": "TCS", "exchange": "NSE", "side": "BUY", "order_type": "MARKET",
+                 "product_type": "DELIVERY", "quantity": 1}
+        return {"config_id": alice.config_id, "order": order}
+    if path.endswith("/brokers/add"):
+        return {"config_id": alice.config_id}
+    if method == "put":
+        return {"quantity": 2}
+    return None
+
+
+async def test_other_users_ids_are_not_found_on_every_route(
+    client: httpx.AsyncClient, alice: Account, bob: Account, runtime: Runtime
+) -> None:
+    # Alice owns a session, a resting order and a trade.
+    await client.post("/api/v1/brokers/add", json={"config_id": alice.config_id}, headers=alice.headers)
+    ltp = runtime.market.quote("TCS", "NSE").ltp
+    low = str((ltp * Decimal("0.9")).quantize(Decimal("0.05")))
+    order = {"symbol": "TCS", "exchange": "NSE", "side": "BUY", "order_type": "LIMIT",
+             "product_type": "DELIVERY", "quantity": 1, "price": low}
+    resting = await client.post(
+        "/api/v1/brokers/orders/place", json={"config_id": alice.config_id, "order": order},
+        headers=alice.headers,
+    )
+    order_id = resting.json()["order_id"]
+    ids = {"config_id": alice.config_id, "order_id": order_id, "symbol": "TCS"}
+
+    schema = (await client.get("/openapi.json")).json()
+    checked = 0
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if (path, method) in PUBLIC_OR_SELF:
+                continue
+            params = {p["name"]: p for p in operation.get("parameters", [])}
+            body = _body(path, method, alice)
+            uses_id = (
+                bool(re.search(r"\{(config_id|order_id)\}", path))
+                or "config_id" in params
+                or (body is not None and "config_id" in body)
+            )
+            if not uses_id:
+                continue
+            url = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], path)
+            query = {"config_id": alice.config_id} if "config_id" in params else None
+            response = await client.request(
+                method.upper(), url, params=query, json=body, headers=bob.headers
+            )
+            assert response.status_code == 404, (method, path, response.status_code, response.text)
+            assert response.json()["error_code"].endswith("NOT_FOUND"), response.text
+            checked += 1
+    assert checked >= 10, checked
+
+    # Nothing of Alice's changed.
+    mine = await client.get(f"/api/v1/brokers/orders/{order_id}", headers=alice.headers)
+    assert mine.status_code == 200 and mine.json()["status"] == "OPEN"
+    assert len((await client.get("/api/v1/brokers/sessions", headers=alice.headers)).json()) == 1
+    assert len((await client.get("/api/v1/brokers/configs", headers=alice.headers)).json()) == 1
+    # And Bob's own listings show nothing of Alice's.
+    assert (await client.get("/api/v1/brokers/orders", headers=bob.headers)).json() == []
+    assert (await client.get("/api/v1/brokers/trades", headers=bob.headers)).json() == []
+    assert [c["config_id"] for c in (await client.get("/api/v1/brokers/configs", headers=bob.headers)).json()] == [bob.config_id]
