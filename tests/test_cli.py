@@ -1,0 +1,126 @@
+"""The CLI end to end: `serve` on a fresh data directory (demo user, paper account), then
+the trading commands against it, as a user would type them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = [
+    [], ["serve"], ["worker"], ["db"], ["db", "upgrade"], ["user"], ["user", "create"],
+    ["broker"], ["broker", "add"], ["order"], ["order", "place"], ["order", "list"],
+    ["order", "cancel"], ["status"], ["keys", "generate"],
+]
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trading_backend.cli", *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    values = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    values.update(
+        TRADING_BACKEND_DATA_DIR=str(tmp_path / "data"),
+        ENVIRONMENT="development",
+        PYTHONPATH=str(ROOT),
+        COLUMNS="200",
+    )
+    return values
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_every_command_has_help(command: list[str], env: dict[str, str]) -> None:
+    result = cli(*command, "--help", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trading_backend.cli", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:  # readiness of another process: bounded polling, not synchronisation
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read() if process.stdout else ""
+                pytest.fail(f"server did not start:\n{output}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]) -> None:
+    demo = json.loads((Path(env["TRADING_BACKEND_DATA_DIR"]) / "demo-credentials.json").read_text())
+    assert demo["username"] == "demo" and demo["config_id"] == "demo-paper"
+    assert oct((Path(env["TRADING_BACKEND_DATA_DIR"]) / "secrets.env").stat().st_mode)[-3:] == "600"
+    api = ["--api-url", server]
+
+    placed = cli("order", "place", "--config-id", "demo-paper", "--symbol", "TCS", "--side", "BUY",
+                 "--quantity", "2", *api, env=env)
+    assert placed.returncode == 0, placed.stdout + placed.stderr
+    assert "FILLED" in placed.stdout
+
+    limit = cli("order", "place", "--config-id", "demo-paper", "--symbol", "INFY", "--side", "BUY",
+                "--quantity", "1", "--type", "LIMIT", "--price", "100", *api, env=env)
+    assert limit.returncode == 0 and "OPEN" in limit.stdout, limit.stdout + limit.stderr
+    order_id = next(w for w in limit.stdout.split() if w.startswith("o") and len(w) == 20)
+
+    listed = cli("order", "list", *api, env=env)
+    assert listed.returncode == 0 and order_id in listed.stdout
+
+    cancelled = cli("order", "cancel", order_id, *api, env=env)
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout
+
+    bad = cli("order", "place", "--config-id", "demo-paper", "--symbol", "TCS", "--side", "BUY",
+              "--quantity", "0", *api, env=env)
+    assert bad.returncode == 1 and "VALIDATION_ERROR" in bad.stderr
+
+    status = cli("status", *api, env=env)
+    assert status.returncode == 0 and '"total_sessions": 1' in status.stdout
+
+
+def test_user_and_broker_commands(env: dict[str, str]) -> None:
+    assert cli("db", "upgrade", env=env).returncode == 0
+    created = cli("user", "create", "carol", "--password", "long-enough-pw", "--admin", env=env)
+    assert created.returncode == 0 and "role=ADMIN" in created.stdout
+    dup = cli("user", "create", "carol", "--password", "long-enough-pw", env=env)
+    assert dup.returncode == 1 and "CONFLICT" in dup.stderr
+    added = cli("broker", "add", "--user", "carol", "--name", "paper one", "--config-id", "c1",
+                "--setting", "initial_capital=500000", "--credential", "api_key=XYZSECRET", env=env)
+    assert added.returncode == 0, added.stderr
+    listed = cli("broker", "list", "--user", "carol", env=env)
+    assert "c1" in listed.stdout and "XYZSECRET" not in listed.stdout
+    missing = cli("broker", "add", "--user", "nobody", "--name", "x", env=env)
+    assert missing.returncode == 1 and "USER_NOT_FOUND" in missing.stderr
