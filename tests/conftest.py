@@ -46,7 +46,9 @@ def postgres_url() -> Iterator[str | None]:
     name = f"tb_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
     async def create() -> None:
-        admin = create_engine(base.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            base.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+        )
         try:
             async with admin.connect() as conn:
                 await conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -59,7 +61,9 @@ def postgres_url() -> Iterator[str | None]:
             await engine.dispose()
 
     async def drop() -> None:
-        admin = create_engine(base.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            base.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+        )
         try:
             async with admin.connect() as conn:
                 await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -68,7 +72,7 @@ def postgres_url() -> Iterator[str | None]:
 
     try:
         asyncio.run(create())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if REQUIRE_SERVICES:
             pytest.fail(f"PostgreSQL at TEST_DATABASE_URL is not usable: {exc}")
         yield None
@@ -88,7 +92,9 @@ async def _truncate_postgres(url: str) -> None:
 
 
 @pytest.fixture(params=_backends())
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> str:
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
+) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     if postgres_url is None:

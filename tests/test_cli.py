@@ -17,16 +17,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [
-    [], ["serve"], ["worker"], ["db"], ["db", "upgrade"], ["user"], ["user", "create"],
-    ["broker"], ["broker", "add"], ["order"], ["order", "place"], ["order", "list"],
-    ["order", "cancel"], ["status"], ["keys", "generate"],
+    [],
+    ["serve"],
+    ["worker"],
+    ["db"],
+    ["db", "upgrade"],
+    ["user"],
+    ["user", "create"],
+    ["broker"],
+    ["broker", "add"],
+    ["order"],
+    ["order", "place"],
+    ["order", "list"],
+    ["order", "cancel"],
+    ["status"],
+    ["keys", "generate"],
 ]
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trading_backend.cli", *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -60,7 +75,10 @@ def server(env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "trading_backend.cli", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -87,13 +105,41 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
     assert oct((Path(env["TRADING_BACKEND_DATA_DIR"]) / "secrets.env").stat().st_mode)[-3:] == "600"
     api = ["--api-url", server]
 
-    placed = cli("order", "place", "--config-id", "demo-paper", "--symbol", "TCS", "--side", "BUY",
-                 "--quantity", "2", *api, env=env)
+    placed = cli(
+        "order",
+        "place",
+        "--config-id",
+        "demo-paper",
+        "--symbol",
+        "TCS",
+        "--side",
+        "BUY",
+        "--quantity",
+        "2",
+        *api,
+        env=env,
+    )
     assert placed.returncode == 0, placed.stdout + placed.stderr
     assert "FILLED" in placed.stdout
 
-    limit = cli("order", "place", "--config-id", "demo-paper", "--symbol", "INFY", "--side", "BUY",
-                "--quantity", "1", "--type", "LIMIT", "--price", "100", *api, env=env)
+    limit = cli(
+        "order",
+        "place",
+        "--config-id",
+        "demo-paper",
+        "--symbol",
+        "INFY",
+        "--side",
+        "BUY",
+        "--quantity",
+        "1",
+        "--type",
+        "LIMIT",
+        "--price",
+        "100",
+        *api,
+        env=env,
+    )
     assert limit.returncode == 0 and "OPEN" in limit.stdout, limit.stdout + limit.stderr
     order_id = next(w for w in limit.stdout.split() if w.startswith("o") and len(w) == 20)
 
@@ -103,8 +149,20 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
     cancelled = cli("order", "cancel", order_id, *api, env=env)
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout
 
-    bad = cli("order", "place", "--config-id", "demo-paper", "--symbol", "TCS", "--side", "BUY",
-              "--quantity", "0", *api, env=env)
+    bad = cli(
+        "order",
+        "place",
+        "--config-id",
+        "demo-paper",
+        "--symbol",
+        "TCS",
+        "--side",
+        "BUY",
+        "--quantity",
+        "0",
+        *api,
+        env=env,
+    )
     assert bad.returncode == 1 and "VALIDATION_ERROR" in bad.stderr
 
     status = cli("status", *api, env=env)
@@ -117,8 +175,21 @@ def test_user_and_broker_commands(env: dict[str, str]) -> None:
     assert created.returncode == 0 and "role=ADMIN" in created.stdout
     dup = cli("user", "create", "carol", "--password", "long-enough-pw", env=env)
     assert dup.returncode == 1 and "CONFLICT" in dup.stderr
-    added = cli("broker", "add", "--user", "carol", "--name", "paper one", "--config-id", "c1",
-                "--setting", "initial_capital=500000", "--credential", "api_key=XYZSECRET", env=env)
+    added = cli(
+        "broker",
+        "add",
+        "--user",
+        "carol",
+        "--name",
+        "paper one",
+        "--config-id",
+        "c1",
+        "--setting",
+        "initial_capital=500000",
+        "--credential",
+        "api_key=XYZSECRET",
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
     listed = cli("broker", "list", "--user", "carol", env=env)
     assert "c1" in listed.stdout and "XYZSECRET" not in listed.stdout

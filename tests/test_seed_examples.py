@@ -38,12 +38,20 @@ def test_seed_examples_run(tmp_path: Path) -> None:
     env.pop("DATABASE_URL")
     setup = subprocess.run(
         ["bash", str(ROOT / "examples" / "seed" / "setup.sh")],
-        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert setup.returncode == 0, setup.stderr
     run = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "seed" / "run.py")],
-        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     out = run.stdout
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -83,10 +83,13 @@ def _with_runtime(work: Callable[[Any], Awaitable[T]]) -> T:
 # -- server processes -------------------------------------------------------------------------
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="bind address (default HOST or 127.0.0.1)")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="bind address (default HOST or 127.0.0.1)")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="port (default PORT or 8000)")] = None,
     demo: Annotated[
-        bool | None, typer.Option("--demo/--no-demo", help="create the demo user (default: in development)")
+        bool | None,
+        typer.Option("--demo/--no-demo", help="create the demo user (default: in development)"),
     ] = None,
 ) -> None:
     """Run the API server with the embedded worker, paper market and health monitor."""
@@ -105,7 +108,8 @@ def serve(
         configure_logging(settings.log_level, settings.log_json)
         console.print(
             f"[bold green]Demo user[/bold green]: username [bold]{creds['username']}[/bold]"
-            f"  password [bold]{creds['password']}[/bold]  paper config [bold]{creds['config_id']}[/bold]"
+            f"  password [bold]{creds['password']}[/bold]"
+            f"  paper config [bold]{creds['config_id']}[/bold]"
             f"  (saved in {settings.data_dir / 'demo-credentials.json'})"
         )
     console.print(f"API on http://{host}:{port}  (docs at http://{host}:{port}/docs)")
@@ -171,7 +175,10 @@ def _redacted_url(url: str) -> str:
 def user_create(
     username: str,
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="at least 8 characters")
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, help="at least 8 characters"
+        ),
     ],
     admin: Annotated[bool, typer.Option("--admin", help="make the user an ADMIN")] = False,
     user_id: Annotated[str | None, typer.Option("--id", help="user id (default generated)")] = None,
@@ -215,8 +222,12 @@ def broker_add(
     user: Annotated[str, typer.Option("--user", help="user id or username")],
     name: Annotated[str, typer.Option(help="a name for this account")],
     broker: Annotated[str, typer.Option(help="broker adapter, e.g. paper")] = "paper",
-    config_id: Annotated[str | None, typer.Option("--config-id", help="config id (default generated)")] = None,
-    setting: Annotated[list[str] | None, typer.Option(help="adapter setting key=value (repeatable)")] = None,
+    config_id: Annotated[
+        str | None, typer.Option("--config-id", help="config id (default generated)")
+    ] = None,
+    setting: Annotated[
+        list[str] | None, typer.Option(help="adapter setting key=value (repeatable)")
+    ] = None,
     credential: Annotated[
         list[str] | None, typer.Option(help="credential key=value (repeatable; stored encrypted)")
     ] = None,
@@ -239,7 +250,10 @@ def broker_add(
         )
 
     created = _with_runtime(work)
-    console.print(f"created {created['broker']} config [bold]{created['config_id']}[/bold] ({created['name']})")
+    console.print(
+        f"created {created['broker']} config"
+        f" [bold]{created['config_id']}[/bold] ({created['name']})"
+    )
 
 
 @broker_app.command("list")
@@ -269,7 +283,9 @@ def keys_generate() -> None:
 
 # -- API client commands -------------------------------------------------------------------------
 class _Api:
-    def __init__(self, url: str, username: str | None, password: str | None, token: str | None) -> None:
+    def __init__(
+        self, url: str, username: str | None, password: str | None, token: str | None
+    ) -> None:
         self.client = httpx.Client(base_url=url.rstrip("/"), timeout=30)
         if token is None:
             if username is None or password is None:
@@ -284,7 +300,9 @@ class _Api:
         self.client.headers["Authorization"] = f"Bearer {token}"
 
     def _login(self, username: str, password: str) -> str:
-        data = self.call("POST", "/api/v1/auth/login", json={"username": username, "password": password})
+        data = self.call(
+            "POST", "/api/v1/auth/login", json={"username": username, "password": password}
+        )
         return str(data["access_token"])
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -305,7 +323,9 @@ class _Api:
 ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TB_API_URL", help="server URL")]
 Username = Annotated[str | None, typer.Option(envvar="TB_USERNAME", help="login name")]
 Password = Annotated[str | None, typer.Option(envvar="TB_PASSWORD", help="password")]
-Token = Annotated[str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")]
+Token = Annotated[
+    str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")
+]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -333,7 +353,9 @@ def order_place(
     side: Annotated[str, typer.Option(help="BUY or SELL")],
     quantity: Annotated[int, typer.Option(help="units (multiple of the lot size)")],
     order_type: Annotated[str, typer.Option("--type", help="MARKET, LIMIT, SL or SL_M")] = "MARKET",
-    product_type: Annotated[str, typer.Option("--product", help="DELIVERY, INTRADAY, MARGIN, CARRYFORWARD")] = "DELIVERY",
+    product_type: Annotated[
+        str, typer.Option("--product", help="DELIVERY, INTRADAY, MARGIN, CARRYFORWARD")
+    ] = "DELIVERY",
     exchange: Annotated[str, typer.Option(help="NSE, BSE, NFO, ...")] = "NSE",
     price: Annotated[Decimal | None, typer.Option(help="limit price (LIMIT, SL)")] = None,
     trigger_price: Annotated[Decimal | None, typer.Option(help="trigger price (SL, SL_M)")] = None,
@@ -359,7 +381,9 @@ def order_place(
         order["trigger_price"] = str(trigger_price)
     if client_order_id:
         order["client_order_id"] = client_order_id
-    result = api.call("POST", "/api/v1/brokers/orders/place", json={"config_id": config_id, "order": order})
+    result = api.call(
+        "POST", "/api/v1/brokers/orders/place", json={"config_id": config_id, "order": order}
+    )
     console.print(_order_table([result]))
 
 

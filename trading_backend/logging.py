@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import MutableMapping
 from contextvars import ContextVar
+from typing import Any
 
 import structlog
 
@@ -22,14 +24,16 @@ def new_correlation_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def _add_correlation_id(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+def _add_correlation_id(
+    _: Any, __: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     cid = correlation_id.get()
     if cid is not None and "correlation_id" not in event:
         event["correlation_id"] = cid
     return event
 
 
-def _redact(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: never print a value under a secret-looking key."""
     for key in list(event):
         if key != "event" and any(part in key.lower() for part in _SECRET_KEYS):

@@ -60,7 +60,7 @@ class MultiUserBrokerManager:
             if not self.runtime.started:
                 await self.runtime.start()
             return True
-        except Exception:  # noqa: BLE001 - the seed's contract: report, do not raise
+        except Exception:
             log.exception("manager_initialize_failed")
             return False
 
@@ -114,7 +114,7 @@ class MultiUserBrokerManager:
         except DomainError as exc:
             result.message = exc.message
             result.error_code = exc.code.value
-        except Exception as exc:  # noqa: BLE001 - reported as SYSTEM_ERROR, never raised
+        except Exception as exc:
             log.exception("manager_operation_failed")
             result.message = f"system error: {type(exc).__name__}"
             result.error_code = ErrorCode.SYSTEM_ERROR.value

@@ -101,9 +101,7 @@ def normalise_database_url(url: str) -> str:
 def ensure_secrets(settings: Settings) -> Settings:
     """Fill missing secrets from (or into) the data directory; refuse in production."""
     missing = [
-        name
-        for name in ("master_encryption_key", "jwt_secret_key")
-        if not getattr(settings, name)
+        name for name in ("master_encryption_key", "jwt_secret_key") if not getattr(settings, name)
     ]
     if not missing:
         return settings

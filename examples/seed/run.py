@@ -32,7 +32,7 @@ def _blocks() -> list[Path]:
 async def _run_block(path: Path, namespace: dict[str, Any]) -> None:
     print(f"\n##### {path.name}", flush=True)
     code = compile(path.read_text(), str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    result = eval(code, namespace)  # noqa: S307 - our own committed example files
+    result = eval(code, namespace)
     if asyncio.iscoroutine(result):
         await result
 
@@ -55,12 +55,12 @@ await multi_user_broker_manager.shutdown()
 
 async def _notebook(blocks: list[Path]) -> None:
     namespace: dict[str, Any] = {"__name__": "__seed__"}
-    exec(PREAMBLE, namespace)  # noqa: S102
+    exec(PREAMBLE, namespace)
     for path in blocks:
         await _run_block(path, namespace)
     print("\n##### driver: calling the error-handling examples", flush=True)
     code = compile(DRIVER, "<driver>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    result = eval(code, namespace)  # noqa: S307
+    result = eval(code, namespace)
     if asyncio.iscoroutine(result):
         await result
 
@@ -83,7 +83,7 @@ def main() -> None:
     asyncio.run(_notebook(notebook))
     print(f"\n##### {script.name} (standalone script)", flush=True)
     namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(_imports_of(notebook) + script.read_text(), namespace)  # noqa: S102
+    exec(_imports_of(notebook) + script.read_text(), namespace)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ PUBLIC_OR_SELF = {
 
 def _body(path: str, method: str, alice: Account) -> dict[str, Any] | None:
     if path.endswith("/orders/place"):
-        order = {"symbol": "TCS", "exchange": "NSE", "side": "BUY", "order_type": "MARKET",
-                 "product_type": "DELIVERY", "quantity": 1}
+        order = {
+            "symbol": "TCS",
+            "exchange": "NSE",
+            "side": "BUY",
+            "order_type": "MARKET",
+            "product_type": "DELIVERY",
+            "quantity": 1,
+        }
         return {"config_id": alice.config_id, "order": order}
     if path.endswith("/brokers/add"):
         return {"config_id": alice.config_id}
@@ -38,13 +44,23 @@ async def test_other_users_ids_are_not_found_on_every_route(
     client: httpx.AsyncClient, alice: Account, bob: Account, runtime: Runtime
 ) -> None:
     # Alice owns a session, a resting order and a trade.
-    await client.post("/api/v1/brokers/add", json={"config_id": alice.config_id}, headers=alice.headers)
+    await client.post(
+        "/api/v1/brokers/add", json={"config_id": alice.config_id}, headers=alice.headers
+    )
     ltp = runtime.market.quote("TCS", "NSE").ltp
     low = str((ltp * Decimal("0.9")).quantize(Decimal("0.05")))
-    order = {"symbol": "TCS", "exchange": "NSE", "side": "BUY", "order_type": "LIMIT",
-             "product_type": "DELIVERY", "quantity": 1, "price": low}
+    order = {
+        "symbol": "TCS",
+        "exchange": "NSE",
+        "side": "BUY",
+        "order_type": "LIMIT",
+        "product_type": "DELIVERY",
+        "quantity": 1,
+        "price": low,
+    }
     resting = await client.post(
-        "/api/v1/brokers/orders/place", json={"config_id": alice.config_id, "order": order},
+        "/api/v1/brokers/orders/place",
+        json={"config_id": alice.config_id, "order": order},
         headers=alice.headers,
     )
     order_id = resting.json()["order_id"]
@@ -83,4 +99,7 @@ async def test_other_users_ids_are_not_found_on_every_route(
     # And Bob's own listings show nothing of Alice's.
     assert (await client.get("/api/v1/brokers/orders", headers=bob.headers)).json() == []
     assert (await client.get("/api/v1/brokers/trades", headers=bob.headers)).json() == []
-    assert [c["config_id"] for c in (await client.get("/api/v1/brokers/configs", headers=bob.headers)).json()] == [bob.config_id]
+    assert [
+        c["config_id"]
+        for c in (await client.get("/api/v1/brokers/configs", headers=bob.headers)).json()
+    ] == [bob.config_id]

@@ -30,14 +30,20 @@ async def test_login_returns_bearer_token(client: httpx.AsyncClient, alice: Acco
     assert response.status_code == 200
     body = response.json()
     assert body["token_type"] == "bearer" and body["access_token"]
-    me = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    me = await client.get(
+        "/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
     assert me.json() == {"user_id": alice.user_id, "username": "alice", "role": "ADMIN"}
 
 
 async def test_wrong_password_and_missing_token(client: httpx.AsyncClient, alice: Account) -> None:
-    bad = await client.post("/api/v1/auth/login", json={"username": "alice", "password": "nope-nope"})
+    bad = await client.post(
+        "/api/v1/auth/login", json={"username": "alice", "password": "nope-nope"}
+    )
     assert bad.status_code == 401 and bad.json()["error_code"] == "NOT_AUTHENTICATED"
-    ghost = await client.post("/api/v1/auth/login", json={"username": "ghost", "password": "nope-nope"})
+    ghost = await client.post(
+        "/api/v1/auth/login", json={"username": "ghost", "password": "nope-nope"}
+    )
     assert ghost.status_code == 401 and ghost.json()["message"] == bad.json()["message"]
     anonymous = await client.get("/api/v1/brokers/orders")
     assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "NOT_AUTHENTICATED"
@@ -50,14 +56,20 @@ async def test_wrong_password_and_missing_token(client: httpx.AsyncClient, alice
 async def test_first_user_is_admin_and_others_are_not(
     client: httpx.AsyncClient, alice: Account, bob: Account
 ) -> None:
-    assert (await client.get("/api/v1/brokers/admin/status", headers=alice.headers)).status_code == 200
+    assert (
+        await client.get("/api/v1/brokers/admin/status", headers=alice.headers)
+    ).status_code == 200
     denied = await client.get("/api/v1/brokers/admin/status", headers=bob.headers)
     assert denied.status_code == 403 and denied.json()["error_code"] == "FORBIDDEN"
 
 
-async def test_full_trading_flow(client: httpx.AsyncClient, alice: Account, runtime: Runtime) -> None:
+async def test_full_trading_flow(
+    client: httpx.AsyncClient, alice: Account, runtime: Runtime
+) -> None:
     h = alice.headers
-    session = await client.post("/api/v1/brokers/add", json={"config_id": alice.config_id}, headers=h)
+    session = await client.post(
+        "/api/v1/brokers/add", json={"config_id": alice.config_id}, headers=h
+    )
     assert session.status_code == 200 and session.json()["health_status"] == "healthy"
     sessions = await client.get("/api/v1/brokers/sessions", headers=h)
     assert [s["config_id"] for s in sessions.json()] == [alice.config_id]
@@ -75,7 +87,10 @@ async def test_full_trading_flow(client: httpx.AsyncClient, alice: Account, runt
     limit = str((ltp * Decimal("0.95")).quantize(Decimal("0.05")))
     resting = await client.post(
         "/api/v1/brokers/orders/place",
-        json={"config_id": alice.config_id, "order": market("INFY", order_type="LIMIT", price=limit)},
+        json={
+            "config_id": alice.config_id,
+            "order": market("INFY", order_type="LIMIT", price=limit),
+        },
         headers=h,
     )
     assert resting.status_code == 201 and resting.json()["status"] == "OPEN"
@@ -97,12 +112,16 @@ async def test_full_trading_flow(client: httpx.AsyncClient, alice: Account, runt
     trades = await client.get("/api/v1/brokers/trades", headers=h)
     assert sum(t["quantity"] for t in trades.json()) == 2
 
-    positions = await client.get(f"/api/v1/brokers/positions?config_id={alice.config_id}", headers=h)
+    positions = await client.get(
+        f"/api/v1/brokers/positions?config_id={alice.config_id}", headers=h
+    )
     assert positions.status_code == 200
     [tcs] = positions.json()["positions"]
     assert tcs["symbol"] == "TCS" and tcs["quantity"] == 2 and "pnl" in tcs
     await runtime.market.set_price("TCS", "NSE", Decimal(str(tcs["average_price"])) + 10)
-    positions = await client.get(f"/api/v1/brokers/positions?config_id={alice.config_id}", headers=h)
+    positions = await client.get(
+        f"/api/v1/brokers/positions?config_id={alice.config_id}", headers=h
+    )
     [tcs] = positions.json()["positions"]
     assert tcs["unrealised_pnl"] == 20.0  # live P&L from the latest price
 
@@ -110,7 +129,9 @@ async def test_full_trading_flow(client: httpx.AsyncClient, alice: Account, runt
     assert balance.status_code == 200
     assert {"available_cash", "buying_power", "used_margin", "total_balance"} <= set(balance.json())
 
-    quote = await client.get(f"/api/v1/brokers/market-data/TCS?config_id={alice.config_id}", headers=h)
+    quote = await client.get(
+        f"/api/v1/brokers/market-data/TCS?config_id={alice.config_id}", headers=h
+    )
     assert quote.status_code == 200 and quote.json()["ltp"] > 0 and "change" in quote.json()
 
     removed = await client.delete(f"/api/v1/brokers/remove/{alice.config_id}", headers=h)
@@ -118,7 +139,9 @@ async def test_full_trading_flow(client: httpx.AsyncClient, alice: Account, runt
     assert (await client.get("/api/v1/brokers/sessions", headers=h)).json() == []
 
 
-async def test_idempotent_placement_returns_first_order(client: httpx.AsyncClient, alice: Account) -> None:
+async def test_idempotent_placement_returns_first_order(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
     body = {"config_id": alice.config_id, "order": market(client_order_id="strategy-42")}
     first = await client.post("/api/v1/brokers/orders/place", json=body, headers=alice.headers)
     second = await client.post("/api/v1/brokers/orders/place", json=body, headers=alice.headers)
@@ -128,7 +151,9 @@ async def test_idempotent_placement_returns_first_order(client: httpx.AsyncClien
     assert len(book.json()) == 1
 
 
-async def test_broker_rejection_is_a_4xx_with_the_order(client: httpx.AsyncClient, alice: Account) -> None:
+async def test_broker_rejection_is_a_4xx_with_the_order(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
     response = await client.post(
         "/api/v1/brokers/orders/place",
         json={"config_id": alice.config_id, "order": market(quantity=5_000)},
@@ -154,7 +179,10 @@ async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, alice: Accoun
         {"config_id": alice.config_id, "order": market(side="HOLD")},
         {"config_id": alice.config_id, "order": market(order_type="LIMIT")},
         {"config_id": alice.config_id, "order": market(price=-5)},
-        {"config_id": alice.config_id, "order": market(order_type="SL", price=10, trigger_price=11)},
+        {
+            "config_id": alice.config_id,
+            "order": market(order_type="SL", price=10, trigger_price=11),
+        },
         {"config_id": alice.config_id, "order": {**market(), "unexpected": 1}},
         {"order": market()},
         {},
@@ -164,26 +192,39 @@ async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, alice: Accoun
         assert response.status_code == 422, (body, response.text)
         assert response.json()["error_code"] in ("VALIDATION_ERROR", "INVALID_ORDER"), response.text
     raw = await client.post(
-        "/api/v1/brokers/orders/place", content=b"{not json", headers={**h, "Content-Type": "application/json"}
+        "/api/v1/brokers/orders/place",
+        content=b"{not json",
+        headers={**h, "Content-Type": "application/json"},
     )
     assert raw.status_code == 422 and raw.json()["error_code"] == "VALIDATION_ERROR"
     missing = await client.get("/api/v1/brokers/positions", headers=h)
     assert missing.status_code == 422
     assert (await client.get("/api/v1/brokers/orders/nope", headers=h)).status_code == 404
-    dup = await client.post("/api/v1/auth/register", json={"username": "alice", "password": "another-pass"})
+    dup = await client.post(
+        "/api/v1/auth/register", json={"username": "alice", "password": "another-pass"}
+    )
     assert dup.status_code == 409 and dup.json()["error_code"] == "CONFLICT"
-    short = await client.post("/api/v1/auth/register", json={"username": "carol", "password": "short"})
+    short = await client.post(
+        "/api/v1/auth/register", json={"username": "carol", "password": "short"}
+    )
     assert short.status_code == 422
     unsupported = await client.post(
         "/api/v1/brokers/configs", json={"broker": "nobroker", "name": "x"}, headers=h
     )
-    assert unsupported.status_code == 422 and unsupported.json()["error_code"] == "BROKER_NOT_SUPPORTED"
+    assert (
+        unsupported.status_code == 422
+        and unsupported.json()["error_code"] == "BROKER_NOT_SUPPORTED"
+    )
 
 
 async def test_config_credentials_are_masked(client: httpx.AsyncClient, alice: Account) -> None:
     created = await client.post(
         "/api/v1/brokers/configs",
-        json={"broker": "paper", "name": "with creds", "credentials": {"api_key": "SUPERSECRET123"}},
+        json={
+            "broker": "paper",
+            "name": "with creds",
+            "credentials": {"api_key": "SUPERSECRET123"},
+        },
         headers=alice.headers,
     )
     assert created.status_code == 201

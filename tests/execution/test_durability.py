@@ -95,7 +95,9 @@ async def test_interrupted_submission_is_reconciled_not_resent(settings: Setting
     await second.stop()
 
 
-async def test_interrupted_submission_that_reached_the_broker_is_adopted(settings: Settings) -> None:
+async def test_interrupted_submission_that_reached_the_broker_is_adopted(
+    settings: Settings,
+) -> None:
     """Same crash, but the broker did receive the order: reconciliation finds it by its tag
     and records its fills; still nothing is sent twice."""
     first = Runtime(settings)

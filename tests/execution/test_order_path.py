@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, select
 
 from tests.helpers import order, user_with_config
-from trading_backend.domain import ErrorCode, OrderStatus
+from trading_backend.domain import DomainError, ErrorCode, OrderStatus
 from trading_backend.runtime import Runtime
 from trading_backend.storage.models import OrderEventRow, PositionRow, QueueEntryRow, TradeRow
 
@@ -29,7 +30,9 @@ async def test_market_order_fills_and_is_recorded(runtime: Runtime) -> None:
     assert placed.average_price == quote.ask  # fills at the touch, no slippage by default
     assert await count(runtime, TradeRow, TradeRow.order_id == placed.order_id) >= 1
     async with runtime.db() as session:
-        position = await session.scalar(select(PositionRow).where(PositionRow.config_id == config_id))
+        position = await session.scalar(
+            select(PositionRow).where(PositionRow.config_id == config_id)
+        )
         events = (
             await session.scalars(
                 select(OrderEventRow.event_type).where(OrderEventRow.order_id == placed.order_id)
@@ -45,7 +48,10 @@ async def test_limit_order_rests_then_fills_when_price_crosses(runtime: Runtime)
     ltp = runtime.market.quote("INFY", "NSE").ltp
     limit = ltp - Decimal("20")
     result = await runtime.orders.place(
-        user_id, config_id, order(symbol="INFY", order_type="LIMIT", price=limit, quantity=2), wait=5
+        user_id,
+        config_id,
+        order(symbol="INFY", order_type="LIMIT", price=limit, quantity=2),
+        wait=5,
     )
     assert result.order.status is OrderStatus.OPEN
     await runtime.market.set_price("INFY", "NSE", limit - Decimal("1"))
@@ -111,11 +117,7 @@ async def test_client_order_id_makes_placement_idempotent(runtime: Runtime) -> N
 
 async def test_unknown_config_is_config_not_found(runtime: Runtime) -> None:
     user_id, _ = await user_with_config(runtime)
-    other_id, other_config = await user_with_config(runtime, "bob")
-    import pytest
-
-    from trading_backend.domain import DomainError
-
+    _, other_config = await user_with_config(runtime, "bob")
     for config in ("nope", other_config):
         with pytest.raises(DomainError) as info:
             await runtime.orders.place(user_id, config, order(), wait=1)

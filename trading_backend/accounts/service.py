@@ -70,7 +70,9 @@ class AccountService:
         if role is not None and role not in ROLES:
             raise DomainError(f"role must be one of {', '.join(ROLES)}", ErrorCode.VALIDATION_ERROR)
         if user_id is not None and not ID_RE.match(user_id):
-            raise DomainError("user id must be 1-64 of A-Z a-z 0-9 _ . -", ErrorCode.VALIDATION_ERROR)
+            raise DomainError(
+                "user id must be 1-64 of A-Z a-z 0-9 _ . -", ErrorCode.VALIDATION_ERROR
+            )
         password_hash = hash_password(password)
         try:
             async with self._db() as session, session.begin():
@@ -122,7 +124,10 @@ class AccountService:
 
     async def list_users(self) -> list[UserInfo]:
         async with self._db() as session:
-            return [_info(u) for u in (await session.scalars(select(User).order_by(User.created_at))).all()]
+            return [
+                _info(u)
+                for u in (await session.scalars(select(User).order_by(User.created_at))).all()
+            ]
 
     # -- broker configs ------------------------------------------------------------------
     async def create_config(
@@ -136,7 +141,12 @@ class AccountService:
         config_id: str | None = None,
         ip: str | None = None,
     ) -> dict[str, Any]:
-        BrokerRegistry.get(broker)  # BROKER_NOT_SUPPORTED for an unknown name
+        broker_cls = BrokerRegistry.get(broker)  # BROKER_NOT_SUPPORTED for an unknown name
+        try:
+            broker_cls.validate_settings(dict(settings or {}))
+        except (DomainError, ValueError, TypeError) as exc:
+            message = exc.message if isinstance(exc, DomainError) else str(exc)
+            raise DomainError(f"invalid settings: {message}", ErrorCode.VALIDATION_ERROR) from None
         name = (name or "").strip()
         if not name or len(name) > 100:
             raise DomainError("name must be 1-100 characters", ErrorCode.VALIDATION_ERROR)

@@ -27,7 +27,9 @@ class CorrelationIdMiddleware(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         incoming = request.headers.get(CORRELATION_HEADER, "")
-        cid = incoming if 0 < len(incoming) <= 40 and incoming.isprintable() else new_correlation_id()
+        cid = (
+            incoming if 0 < len(incoming) <= 40 and incoming.isprintable() else new_correlation_id()
+        )
         token = correlation_id.set(cid)
         try:
             response = await call_next(request)

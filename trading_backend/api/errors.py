@@ -63,7 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
         extra = getattr(exc, "extra", {}) or {}
         if exc.details and "details" not in extra:
             extra = {**extra, "details": _jsonable(exc.details)}
-        headers = {"WWW-Authenticate": "Bearer"} if exc.code is ErrorCode.NOT_AUTHENTICATED else None
+        headers = (
+            {"WWW-Authenticate": "Bearer"} if exc.code is ErrorCode.NOT_AUTHENTICATED else None
+        )
         return JSONResponse(
             error_body(exc.code.value, exc.message, **extra),
             status_code=status_for(exc.code),
@@ -81,7 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return JSONResponse(
-            error_body(ErrorCode.VALIDATION_ERROR.value, f"invalid request: {summary}", details=errors),
+            error_body(
+                ErrorCode.VALIDATION_ERROR.value, f"invalid request: {summary}", details=errors
+            ),
             status_code=422,
         )
 
@@ -94,7 +98,10 @@ def install_error_handlers(app: FastAPI) -> None:
             405: ErrorCode.VALIDATION_ERROR,
             409: ErrorCode.CONFLICT,
             429: ErrorCode.RATE_LIMITED,
-        }.get(exc.status_code, ErrorCode.VALIDATION_ERROR if exc.status_code < 500 else ErrorCode.SYSTEM_ERROR)
+        }.get(
+            exc.status_code,
+            ErrorCode.VALIDATION_ERROR if exc.status_code < 500 else ErrorCode.SYSTEM_ERROR,
+        )
         message = exc.detail if isinstance(exc.detail, str) else code.value.lower()
         return JSONResponse(
             error_body(code.value, message), status_code=exc.status_code, headers=exc.headers

@@ -187,6 +187,12 @@ class Broker(abc.ABC):
         if self._update_handler is not None:
             await self._update_handler(update)
 
+    @classmethod
+    def validate_settings(cls, settings: dict[str, Any]) -> None:
+        """Raise ``BrokerRejected`` (or ``ValueError``) for settings this adapter cannot use,
+        so a bad config fails when it is created rather than at its first session."""
+        return None
+
     # -- session -------------------------------------------------------------------------
     @abc.abstractmethod
     async def authenticate(self) -> bool:

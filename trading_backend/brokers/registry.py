@@ -4,6 +4,7 @@ group, so an outside package adds a broker by declaring one entry point."""
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import ClassVar
 
 from trading_backend.brokers.base import Broker
 from trading_backend.domain import DomainError, ErrorCode
@@ -12,7 +13,7 @@ ENTRY_POINT_GROUP = "trading_backend.brokers"
 
 
 class BrokerRegistry:
-    _brokers: dict[str, type[Broker]] = {}
+    _brokers: ClassVar[dict[str, type[Broker]]] = {}
     _loaded = False
 
     @classmethod

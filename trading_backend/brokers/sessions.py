@@ -197,7 +197,7 @@ class BrokerSessionManager:
         for key in list(self._sessions):
             try:
                 await self.close(*key)
-            except Exception:  # noqa: BLE001 - shutting down: log and go on
+            except Exception:
                 log.exception("broker_session_close_failed", config_id=key[1])
 
     @staticmethod
@@ -234,7 +234,7 @@ class BrokerSessionManager:
     async def _reauthenticate(self, session: BrokerSession) -> None:
         try:
             ok = await session.broker.authenticate()
-        except Exception as exc:  # noqa: BLE001 - recorded on the session
+        except Exception as exc:
             ok = False
             session.last_error = str(exc) if isinstance(exc, DomainError) else type(exc).__name__
         if ok:
@@ -249,7 +249,7 @@ class BrokerSessionManager:
         for session in list(self._sessions.values()):
             try:
                 valid = await session.broker.is_session_valid()
-            except Exception as exc:  # noqa: BLE001 - a failing check marks the session
+            except Exception as exc:
                 valid = False
                 session.last_error = type(exc).__name__
             if valid and session.health_status == HEALTHY:
@@ -272,7 +272,7 @@ class BrokerSessionManager:
             await asyncio.sleep(interval)
             try:
                 await self.check_health()
-            except Exception:  # noqa: BLE001 - the monitor must survive one bad pass
+            except Exception:
                 log.exception("health_monitor_pass_failed")
 
     def system_status(self, background_tasks: int = 0) -> dict[str, Any]:

@@ -72,7 +72,9 @@ class OrderStatus(StrEnum):
     CANCELLED = "CANCELLED"
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
-    UNKNOWN = "UNKNOWN"  # the broker call's fate is unknown (timeout, crash): reconcile, never resend
+    UNKNOWN = (
+        "UNKNOWN"  # the broker call's fate is unknown (timeout, crash): reconcile, never resend
+    )
 
     @property
     def is_final(self) -> bool:

@@ -12,7 +12,9 @@ from trading_backend.domain.money import ZERO
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    trade_id: str  # the broker's trade id: unique per broker account, so fills are never counted twice
+    trade_id: (
+        str  # the broker's trade id: unique per broker account, so fills are never counted twice
+    )
     broker_order_id: str
     symbol: str
     exchange: Exchange

@@ -80,7 +80,9 @@ class BrokerOrder:
                 try:
                     as_decimal = to_decimal(self.quantity, "quantity")
                 except ValueError:
-                    raise InvalidOrder("quantity must be a whole number", field="quantity") from None
+                    raise InvalidOrder(
+                        "quantity must be a whole number", field="quantity"
+                    ) from None
                 if as_decimal != as_decimal.to_integral_value():
                     raise InvalidOrder("quantity must be a whole number", field="quantity")
                 self.quantity = int(as_decimal)
@@ -289,9 +291,7 @@ class Order:
             else OrderStatus.PARTIALLY_FILLED
         )
         if not can_transition(self.status, target):
-            raise IllegalTransition(
-                f"order {self.order_id} in {self.status} cannot take a fill"
-            )
+            raise IllegalTransition(f"order {self.order_id} in {self.status} cannot take a fill")
         notional = self.average_price * self.filled_quantity + price * quantity
         self.filled_quantity += quantity
         self.average_price = notional / self.filled_quantity

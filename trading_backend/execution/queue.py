@@ -156,9 +156,7 @@ class EmbeddedQueue:
 
     async def ack(self, message: QueueMessage, outcome: Outcome) -> None:
         async with self._db() as session, session.begin():
-            await session.execute(
-                delete(QueueEntryRow).where(QueueEntryRow.id == message.entry_id)
-            )
+            await session.execute(delete(QueueEntryRow).where(QueueEntryRow.id == message.entry_id))
         self._resolve(message.entry_id, outcome)
 
     async def release(self, message: QueueMessage, error: str) -> None:

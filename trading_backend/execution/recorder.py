@@ -40,7 +40,7 @@ class OrderRecorder:
         for listener in self._listeners:
             try:
                 listener(order)
-            except Exception:  # noqa: BLE001 - a listener must not break order processing
+            except Exception:
                 log.exception("order_listener_failed")
 
     async def handle_update(self, update: OrderUpdate) -> None:

@@ -109,7 +109,7 @@ class OrderWorker:
         token = correlation_id.set(message.correlation_id)
         try:
             outcome = await self.process(message)
-        except Exception as exc:  # noqa: BLE001 - nothing half done: safe to retry
+        except Exception as exc:
             log.exception("queue_entry_failed", entry_id=message.entry_id, kind=message.kind)
             await self._queue.release(message, f"{type(exc).__name__}: {exc}")
         else:
@@ -163,7 +163,8 @@ class OrderWorker:
                     event_type,
                     from_status=before.value,
                     to_status=new.value,
-                    data=data or ({"error_code": error_code, "message": message} if error_code else {}),
+                    data=data
+                    or ({"error_code": error_code, "message": message} if error_code else {}),
                     correlation_id=correlation_id.get(),
                 )
         self._recorder._notify(order)
@@ -197,7 +198,10 @@ class OrderWorker:
             )
             return Outcome(False, exc.code.value, exc.message)
         submitted = await self._transition(
-            order_id, (OrderStatus.PENDING,), OrderStatus.SUBMITTED, "SUBMITTED",
+            order_id,
+            (OrderStatus.PENDING,),
+            OrderStatus.SUBMITTED,
+            "SUBMITTED",
             data={"worker_id": self.worker_id, "session_id": session.session_id},
         )
         if submitted is None:
@@ -224,7 +228,7 @@ class OrderWorker:
                 message=exc.message,
             )
             return Outcome(False, exc.code.value, exc.message)
-        except Exception as exc:  # noqa: BLE001 - an adapter bug: the fate is unknown
+        except Exception as exc:
             log.exception("place_order_crashed", order_id=order_id)
             return await self._fate_unknown(session, order_id, exc)
         session.touch()
@@ -275,22 +279,28 @@ class OrderWorker:
         )
         try:
             await self.reconcile_order(order_id)
-        except Exception:  # noqa: BLE001 - reconciliation retries at the next pass
+        except Exception:
             log.exception("reconcile_after_timeout_failed", order_id=order_id)
         order = await self._load(order_id)
         ok = order is not None and order.status not in (
             OrderStatus.UNKNOWN,
             OrderStatus.REJECTED,
         )
-        return Outcome(ok, None if ok else ErrorCode.TIMEOUT.value, None if ok else "order fate unknown")
+        return Outcome(
+            ok, None if ok else ErrorCode.TIMEOUT.value, None if ok else "order fate unknown"
+        )
 
     # -- cancel and modify ------------------------------------------------------------------
-    async def _working_order(self, order_id: str, action: str) -> tuple[Order | None, Outcome | None]:
+    async def _working_order(
+        self, order_id: str, action: str
+    ) -> tuple[Order | None, Outcome | None]:
         order = await self._load(order_id)
         if order is None:
             return None, Outcome(False, ErrorCode.ORDER_NOT_FOUND.value, "order vanished")
         code = (
-            ErrorCode.ORDER_NOT_CANCELLABLE if action == "cancel" else ErrorCode.ORDER_NOT_MODIFIABLE
+            ErrorCode.ORDER_NOT_CANCELLABLE
+            if action == "cancel"
+            else ErrorCode.ORDER_NOT_MODIFIABLE
         )
         if order.status.is_final:
             return None, Outcome(False, code.value, f"order already {order.status.value}")
@@ -362,7 +372,9 @@ class OrderWorker:
         await self._refresh_from_broker(session, order)
         return Outcome(True)
 
-    async def _record_refusal(self, order_id: str, event_type: str, outcome: Outcome | None) -> None:
+    async def _record_refusal(
+        self, order_id: str, event_type: str, outcome: Outcome | None
+    ) -> None:
         if outcome is None:
             return
         async with self._db() as session, session.begin():
@@ -383,7 +395,11 @@ class OrderWorker:
             state = await session.broker.get_order(order.broker_order_id)
         except BrokerError:
             return
-        fills = [f for f in await session.broker.get_trades() if f.broker_order_id == state.broker_order_id]
+        fills = [
+            f
+            for f in await session.broker.get_trades()
+            if f.broker_order_id == state.broker_order_id
+        ]
         await self._recorder.apply(order.order_id, state, fills, event_type="BROKER_SYNC")
 
     # -- reconciliation ---------------------------------------------------------------------
@@ -409,7 +425,9 @@ class OrderWorker:
                 )
             return
         fills: list[Fill] = [
-            f for f in await session.broker.get_trades() if f.broker_order_id == state.broker_order_id
+            f
+            for f in await session.broker.get_trades()
+            if f.broker_order_id == state.broker_order_id
         ]
         await self._recorder.apply(order_id, state, fills, event_type="RECONCILED")
 
@@ -426,7 +444,7 @@ class OrderWorker:
                 await self.reconcile_order(order_id)
             except DomainError as exc:
                 log.warning("reconcile_failed", order_id=order_id, error=exc.message)
-            except Exception:  # noqa: BLE001 - one bad order must not stop the others
+            except Exception:
                 log.exception("reconcile_crashed", order_id=order_id)
         if order_ids:
             log.info("reconciled_orders", count=len(order_ids))

@@ -1,1 +1,1 @@
-"""Compatibility package for the seed's import paths (``app.models`` -> ``trading_backend.models``)."""
+"""Seed import paths (``app.models`` -> ``trading_backend.models``)."""

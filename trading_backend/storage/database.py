@@ -10,14 +10,21 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
-        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True) if "///" in url and ":memory:" not in url else None
+        Path(url.split("///", 1)[1]).parent.mkdir(
+            parents=True, exist_ok=True
+        ) if "///" in url and ":memory:" not in url else None
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -66,5 +73,5 @@ async def check_database(engine: AsyncEngine) -> bool:
         async with engine.connect() as connection:
             await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)
         return True
-    except Exception:  # noqa: BLE001 - health checks report, they do not raise
+    except Exception:
         return False

@@ -45,7 +45,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 ConfigQuery = Annotated[str, Query(min_length=1, max_length=64, description="broker config id")]
 WaitQuery = Annotated[
     float | None,
-    Query(ge=0, le=30, description="seconds to wait for the broker's answer (default from settings)"),
+    Query(
+        ge=0, le=30, description="seconds to wait for the broker's answer (default from settings)"
+    ),
 ]
 
 
@@ -179,9 +181,7 @@ async def list_orders(
     async with runtime.db() as session:
         reader = UserScopedReader(session, user.id)
         await _check_config(reader, config_id)
-        rows = await reader.orders(
-            config_id, status.value if status else None, limit, offset
-        )
+        rows = await reader.orders(config_id, status.value if status else None, limit, offset)
         return [numbers(order_to_dict(order_from_row(r))) for r in rows]
 
 
@@ -205,7 +205,9 @@ async def get_order(order_id: str, user: UserDep, runtime: RuntimeDep) -> dict[s
     return body
 
 
-@router.put("/orders/{order_id}", response_model=OrderOut, responses={409: {"model": ErrorOut}, **ERRORS})
+@router.put(
+    "/orders/{order_id}", response_model=OrderOut, responses={409: {"model": ErrorOut}, **ERRORS}
+)
 async def modify_order(
     order_id: str,
     body: ModifyOrderIn,
@@ -227,7 +229,9 @@ async def modify_order(
     return _order_response(result, 200)
 
 
-@router.delete("/orders/{order_id}", response_model=OrderOut, responses={409: {"model": ErrorOut}, **ERRORS})
+@router.delete(
+    "/orders/{order_id}", response_model=OrderOut, responses={409: {"model": ErrorOut}, **ERRORS}
+)
 async def cancel_order(
     order_id: str,
     user: UserDep,
