@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from paper_helpers import TODAY, JsonMemoryStore, Recorder
 
+from tests.paper.paper_helpers import TODAY, BrokerFactory, JsonMemoryStore, Recorder
 from trading_backend.brokers.base import BrokerConfigData, BrokerContext
 from trading_backend.brokers.paper import PaperBroker, SimulatedMarket
 from trading_backend.brokers.paper.universe import default_universe
@@ -21,9 +21,6 @@ def market() -> SimulatedMarket:
 @pytest.fixture
 def store() -> JsonMemoryStore:
     return JsonMemoryStore()
-
-
-BrokerFactory = Callable[..., Awaitable[PaperBroker]]
 
 
 @pytest.fixture

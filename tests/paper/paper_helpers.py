@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from trading_backend.brokers.base import OrderUpdate
+from trading_backend.brokers.paper import PaperBroker
 
 TODAY = date(2025, 12, 1)  # NIFTY25DECFUT, expiring Tuesday 2025-12-30
 NIFTY_FUT = "NIFTY25DECFUT"
+
+# make_broker(config_id="acc1", settings=None, *, handler=None, use_store=True)
+BrokerFactory = Callable[..., Awaitable[PaperBroker]]
 
 
 class JsonMemoryStore:

@@ -108,9 +108,7 @@ def test_segment_from_instrument_and_product() -> None:
     assert segment_for(InstrumentType.EQ, ProductType.INTRADAY) is Segment.EQUITY_INTRADAY
     assert segment_for(InstrumentType.FUT, ProductType.INTRADAY) is Segment.FUTURES
     assert segment_for(InstrumentType.PE, ProductType.CARRYFORWARD) is Segment.OPTIONS
-    assert (
-        segment_for(InstrumentType.SPOT, ProductType.DELIVERY, Exchange.CRYPTO) is Segment.CRYPTO
-    )
+    assert segment_for(InstrumentType.SPOT, ProductType.DELIVERY, Exchange.CRYPTO) is Segment.CRYPTO
 
 
 def test_overrides_are_validated() -> None:

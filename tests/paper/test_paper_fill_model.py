@@ -64,9 +64,9 @@ def test_limit_buy_and_sell() -> None:
     assert model.evaluate(
         req(SELL, OrderType.LIMIT, limit_price=D("100")), quote("100.05")
     ).price == D("100.00")
-    assert model.evaluate(
-        req(SELL, OrderType.LIMIT, limit_price=D("99")), quote("101")
-    ).price == D("100.95")  # max(limit, bid)
+    assert model.evaluate(req(SELL, OrderType.LIMIT, limit_price=D("99")), quote("101")).price == D(
+        "100.95"
+    )  # max(limit, bid)
 
 
 def test_stop_limit_triggers_then_acts_as_limit() -> None:

@@ -6,8 +6,8 @@ import asyncio
 from decimal import Decimal
 
 import pytest
-from paper_helpers import NIFTY_FUT, TODAY
 
+from tests.paper.paper_helpers import NIFTY_FUT, TODAY
 from trading_backend.brokers.paper import Quote, SimulatedMarket
 from trading_backend.brokers.paper.universe import default_universe
 from trading_backend.domain import Exchange

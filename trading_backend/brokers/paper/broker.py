@@ -1,0 +1,261 @@
+"""``PaperBroker``: the ``Broker`` interface over a simulated exchange account.
+
+Why it exists: every layer above the adapters (execution, risk, strategies, the API) must
+be exercisable end to end without a real broker, real money or the internet, and paper
+trading must survive a server restart. The broker therefore:
+
+* trades against ``context.market``, a ``SimulatedMarket`` shared by every paper account
+  in the process (or a private one seeded from ``settings["seed"]`` when none is given);
+* keeps its whole account (``PaperAccount``) in ``context.state_store`` under
+  ``paper:<config_id>``, saved after every mutation and loaded by ``authenticate()``;
+* re-checks resting orders on every market update through a market listener registered
+  by ``authenticate()`` and removed by ``close()``;
+* pushes ``OrderUpdate``s (OPEN, then PARTIALLY_FILLED / FILLED with their fills,
+  CANCELLED, EXPIRED) to the update handler.
+
+Concurrency: one ``asyncio.Lock`` serialises account mutations and saves. Updates are
+queued while the lock is held and delivered after it is released, in order, by a single
+drainer — so a handler may call back into the broker (``get_order``, even
+``place_order``) without deadlocking, and never sees updates out of order. A handler's
+exception is logged, not propagated: the order has taken effect either way. A failed
+save is logged too (the next mutation saves the whole state again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import structlog
+
+from trading_backend.brokers.base import (
+    Broker,
+    BrokerAuthError,
+    BrokerConfigData,
+    BrokerContext,
+    BrokerOrder,
+    BrokerOrderState,
+    OrderUpdate,
+)
+from trading_backend.brokers.paper.exchange import PaperAccount
+from trading_backend.brokers.paper.market import Quote, SimulatedMarket
+from trading_backend.brokers.paper.settings import KNOWN_KEYS, PaperSettings
+from trading_backend.domain import Fill, OrderType
+
+__all__ = ["PaperBroker"]
+
+log = structlog.get_logger(__name__)
+
+
+class PaperBroker(Broker):
+    """A simulated broker account; see the module docstring."""
+
+    name: ClassVar[str] = "paper"
+
+    def __init__(self, config: BrokerConfigData, context: BrokerContext | None = None) -> None:
+        super().__init__(config, context)
+        self.settings = PaperSettings.from_mapping(config.settings)
+        unknown = sorted(set(config.settings or {}) - KNOWN_KEYS)
+        if unknown:
+            log.warning(
+                "paper: ignoring unknown settings", config_id=config.config_id, keys=unknown
+            )
+        market = self.context.market
+        if market is None:
+            market = SimulatedMarket(seed=self.settings.seed)
+        elif not isinstance(market, SimulatedMarket):
+            raise TypeError("context.market must be a SimulatedMarket for the paper broker")
+        self.market: SimulatedMarket = market
+        self._lock = asyncio.Lock()
+        self._account: PaperAccount | None = None
+        self._session_valid = False
+        self._listening = False
+        self._outbox: deque[OrderUpdate] = deque()
+        self._draining = False
+
+    @classmethod
+    def validate_settings(cls, settings: dict[str, Any]) -> None:
+        """Reject a bad paper config when it is created (``BrokerRejected``, VALIDATION_ERROR)."""
+        PaperSettings.from_mapping(settings)
+
+    @property
+    def state_key(self) -> str:
+        return f"paper:{self.config.config_id}"
+
+    # -- session ---------------------------------------------------------------------------
+    async def authenticate(self) -> bool:
+        """Always succeeds (credentials are ignored); loads the saved account the first time."""
+        async with self._lock:
+            if self._account is None:
+                account = PaperAccount(
+                    self.config.config_id, self.config.user_id, self.settings, self.market
+                )
+                store = self.context.state_store
+                if store is not None:
+                    saved = await store.load(self.state_key)
+                    if saved:
+                        account.load_state(saved)
+                    else:
+                        # Pin the opening capital now: later settings changes do not rewrite it.
+                        await self._save(account)
+                self._account = account
+            if not self._listening:
+                self.market.add_listener(self._on_quotes)
+                self._listening = True
+            self._session_valid = True
+        return True
+
+    async def is_session_valid(self) -> bool:
+        return self._session_valid
+
+    async def logout(self) -> None:
+        """End the session. Like a real exchange, resting orders keep working (and filling)
+        until ``close()`` detaches the account from the market."""
+        self._session_valid = False
+
+    async def close(self) -> None:
+        self._session_valid = False
+        if self._listening:
+            self.market.remove_listener(self._on_quotes)
+            self._listening = False
+        await self._drain()
+
+    def _require(self) -> PaperAccount:
+        if self._account is None or not self._session_valid:
+            raise BrokerAuthError(
+                f"paper account {self.config.config_id} has no session: call authenticate()"
+            )
+        return self._account
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _save(self, account: PaperAccount) -> None:
+        """Persist the account; call with the lock held."""
+        store = self.context.state_store
+        if store is None:
+            return
+        try:
+            await store.save(self.state_key, account.to_state())
+        except Exception:
+            log.exception("paper: saving the account failed", config_id=self.config.config_id)
+
+    async def _drain(self) -> None:
+        """Deliver queued updates in order; re-entrant calls leave it to the active drainer."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._outbox:
+                update = self._outbox.popleft()
+                try:
+                    await self._emit(update)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception(
+                        "paper: order update handler failed",
+                        config_id=self.config.config_id,
+                        broker_order_id=update.state.broker_order_id,
+                    )
+        finally:
+            self._draining = False
+
+    async def _on_quotes(self, quotes: list[Quote]) -> None:
+        account = self._account
+        if account is None:
+            return
+        async with self._lock:
+            updates, changed = account.on_quotes(quotes)
+            if changed:
+                await self._save(account)
+            self._outbox.extend(updates)
+        await self._drain()
+
+    # -- orders ----------------------------------------------------------------------------
+    async def place_order(self, order: BrokerOrder) -> str:
+        account = self._require()
+        async with self._lock:
+            broker_order_id, updates = account.place(order)
+            await self._save(account)
+            self._outbox.extend(updates)
+        await self._drain()
+        return broker_order_id
+
+    async def modify_order(
+        self,
+        broker_order_id: str,
+        *,
+        quantity: int | None = None,
+        price: Decimal | None = None,
+        trigger_price: Decimal | None = None,
+        order_type: OrderType | None = None,
+    ) -> None:
+        account = self._require()
+        async with self._lock:
+            updates = account.modify(
+                broker_order_id,
+                quantity=quantity,
+                price=price,
+                trigger_price=trigger_price,
+                order_type=order_type,
+            )
+            await self._save(account)
+            self._outbox.extend(updates)
+        await self._drain()
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        account = self._require()
+        async with self._lock:
+            updates = account.cancel(broker_order_id)
+            await self._save(account)
+            self._outbox.extend(updates)
+        await self._drain()
+
+    async def expire_day_orders(self) -> list[BrokerOrderState]:
+        """Move every working DAY order to EXPIRED (call at the session close).
+
+        Works without a valid session (a logged-out account's orders expire too), but
+        needs the account loaded by an earlier ``authenticate()``.
+        """
+        account = self._account
+        if account is None:
+            raise BrokerAuthError(
+                f"paper account {self.config.config_id} was never loaded: call authenticate()"
+            )
+        async with self._lock:
+            updates = account.expire_day_orders()
+            if updates:
+                await self._save(account)
+            self._outbox.extend(updates)
+        await self._drain()
+        return [u.state for u in updates]
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrderState:
+        account = self._require()
+        return account.order_state(account.entry(broker_order_id))
+
+    async def get_orders(self) -> list[BrokerOrderState]:
+        account = self._require()
+        return [account.order_state(e) for e in account.orders.values()]
+
+    async def get_trades(self) -> list[Fill]:
+        return list(self._require().fills)
+
+    def charges_breakdown(self, trade_id: str) -> dict[str, str] | None:
+        """The per-component charges of one paper trade (strings, as saved)."""
+        account = self._account
+        if account is None:
+            return None
+        detail = account.charges_detail.get(trade_id)
+        return dict(detail) if detail is not None else None
+
+    # -- portfolio and market data ---------------------------------------------------------
+    async def get_positions(self) -> list[dict[str, Any]]:
+        return self._require().positions_view()
+
+    async def get_balance(self) -> dict[str, Any]:
+        return self._require().balance_view()
+
+    async def get_market_data(self, symbol: str, exchange: str) -> dict[str, Any]:
+        return self._require().market_data(symbol, exchange)
