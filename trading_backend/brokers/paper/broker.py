@@ -74,6 +74,10 @@ class PaperBroker(Broker):
         self._listening = False
         self._outbox: deque[OrderUpdate] = deque()
         self._draining = False
+        self._drainer: asyncio.Task[object] | None = None
+        self._queued = 0  # updates ever queued
+        self._delivered = 0  # updates ever handed to the handler
+        self._delivery = asyncio.Condition()
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> None:
@@ -140,26 +144,48 @@ class PaperBroker(Broker):
         except Exception:
             log.exception("paper: saving the account failed", config_id=self.config.config_id)
 
-    async def _drain(self) -> None:
-        """Deliver queued updates in order; re-entrant calls leave it to the active drainer."""
-        if self._draining:
+    def _queue_updates(self, updates: list[OrderUpdate]) -> int:
+        """Queue updates (lock held); returns the count the caller must see delivered."""
+        self._outbox.extend(updates)
+        self._queued += len(updates)
+        return self._queued
+
+    async def _drain(self, through: int | None = None) -> None:
+        """Deliver queued updates in order, by one sender at a time.
+
+        With ``through``, also wait until every update up to that count has been delivered,
+        even by another sender: so when ``place_order`` returns, the caller has already
+        received the updates it caused (a MARKET order's fills), whatever else is running.
+        A handler calling back into the broker is not made to wait for itself.
+        """
+        if not self._draining:
+            self._draining = True
+            self._drainer = asyncio.current_task()
+            try:
+                while self._outbox:
+                    update = self._outbox.popleft()
+                    try:
+                        await self._emit(update)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception(
+                            "paper: order update handler failed",
+                            config_id=self.config.config_id,
+                            broker_order_id=update.state.broker_order_id,
+                        )
+                    self._delivered += 1
+                    async with self._delivery:
+                        self._delivery.notify_all()
+            finally:
+                self._draining = False
+                self._drainer = None
+        if through is None or asyncio.current_task() is self._drainer:
             return
-        self._draining = True
-        try:
-            while self._outbox:
-                update = self._outbox.popleft()
-                try:
-                    await self._emit(update)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception(
-                        "paper: order update handler failed",
-                        config_id=self.config.config_id,
-                        broker_order_id=update.state.broker_order_id,
-                    )
-        finally:
-            self._draining = False
+        async with self._delivery:
+            await self._delivery.wait_for(lambda: self._delivered >= through or not self._draining)
+        if self._delivered < through and self._outbox:
+            await self._drain(through)
 
     async def _on_quotes(self, quotes: list[Quote]) -> None:
         account = self._account
@@ -169,8 +195,8 @@ class PaperBroker(Broker):
             updates, changed = account.on_quotes(quotes)
             if changed:
                 await self._save(account)
-            self._outbox.extend(updates)
-        await self._drain()
+            through = self._queue_updates(updates)
+        await self._drain(through)
 
     # -- orders ----------------------------------------------------------------------------
     async def place_order(self, order: BrokerOrder) -> str:
@@ -178,8 +204,8 @@ class PaperBroker(Broker):
         async with self._lock:
             broker_order_id, updates = account.place(order)
             await self._save(account)
-            self._outbox.extend(updates)
-        await self._drain()
+            through = self._queue_updates(updates)
+        await self._drain(through)
         return broker_order_id
 
     async def modify_order(
@@ -201,16 +227,16 @@ class PaperBroker(Broker):
                 order_type=order_type,
             )
             await self._save(account)
-            self._outbox.extend(updates)
-        await self._drain()
+            through = self._queue_updates(updates)
+        await self._drain(through)
 
     async def cancel_order(self, broker_order_id: str) -> None:
         account = self._require()
         async with self._lock:
             updates = account.cancel(broker_order_id)
             await self._save(account)
-            self._outbox.extend(updates)
-        await self._drain()
+            through = self._queue_updates(updates)
+        await self._drain(through)
 
     async def expire_day_orders(self) -> list[BrokerOrderState]:
         """Move every working DAY order to EXPIRED (call at the session close).
@@ -227,8 +253,8 @@ class PaperBroker(Broker):
             updates = account.expire_day_orders()
             if updates:
                 await self._save(account)
-            self._outbox.extend(updates)
-        await self._drain()
+            through = self._queue_updates(updates)
+        await self._drain(through)
         return [u.state for u in updates]
 
     async def get_order(self, broker_order_id: str) -> BrokerOrderState:
