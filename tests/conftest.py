@@ -72,7 +72,7 @@ def postgres_url() -> Iterator[str | None]:
 
     try:
         asyncio.run(create())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - database unusable: reported below
         if REQUIRE_SERVICES:
             pytest.fail(f"PostgreSQL at TEST_DATABASE_URL is not usable: {exc}")
         yield None

@@ -131,7 +131,7 @@ class Runtime:
         try:
             depth = await self.queue.depth() if database_ok else {}
             queue_ok = database_ok
-        except Exception:
+        except Exception:  # noqa: BLE001 - reported in the health answer, not raised
             depth, queue_ok = {}, False
         status = self.sessions.system_status(self.background_tasks)
         healthy = database_ok and queue_ok

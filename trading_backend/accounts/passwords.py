@@ -17,7 +17,7 @@ def hash_password(password: str) -> str:
 def verify_password(password: str, password_hash: str) -> bool:
     try:
         return _hasher.verify(password, password_hash)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed hash is a failed check, not a crash
         return False
 
 

@@ -234,7 +234,7 @@ class BrokerSessionManager:
     async def _reauthenticate(self, session: BrokerSession) -> None:
         try:
             ok = await session.broker.authenticate()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded on the session
             ok = False
             session.last_error = str(exc) if isinstance(exc, DomainError) else type(exc).__name__
         if ok:
@@ -249,7 +249,7 @@ class BrokerSessionManager:
         for session in list(self._sessions.values()):
             try:
                 valid = await session.broker.is_session_valid()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failing check marks the session unhealthy
                 valid = False
                 session.last_error = type(exc).__name__
             if valid and session.health_status == HEALTHY:

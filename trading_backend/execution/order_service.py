@@ -113,6 +113,7 @@ class OrderService:
         await self._risk.check(user_id, config_id, request)
         order = Order.from_request(new_order_id(), user_id, config_id, request)
         cid = correlation_id.get()
+        entry_id: int | None = None
         try:
             async with self._db() as session, session.begin():
                 await self._require_config(session, user_id, config_id)
@@ -131,6 +132,7 @@ class OrderService:
                     kind=MessageKind.PLACE,
                     order_id=order.order_id,
                     priority=priority,
+                    payload={"user_id": user_id, "config_id": config_id},
                     correlation_id=cid,
                 )
                 await add_audit(
@@ -149,6 +151,8 @@ class OrderService:
                     correlation_id=cid,
                 )
         except IntegrityError:
+            if entry_id is not None:
+                self._queue.forget(entry_id)
             # Two requests raced with the same client order id: the first one won.
             if request.client_order_id:
                 existing = await self._existing(user_id, request.client_order_id)

@@ -71,6 +71,10 @@ class OrderQueue(Protocol):
         """Wake waiting workers after the enqueuing transaction committed."""
         ...
 
+    def forget(self, entry_id: int) -> None:
+        """Drop interest in an entry (its transaction rolled back, or nobody waits)."""
+        ...
+
     async def claim(self, worker_id: str, limit: int) -> list[QueueMessage]: ...
 
     async def ack(self, message: QueueMessage, outcome: Outcome) -> None: ...
@@ -118,7 +122,20 @@ class EmbeddedQueue:
         )
         session.add(row)
         await session.flush()
+        if self.has_local_worker:
+            # Registered before the commit, so the worker cannot finish unseen.
+            self._expect(row.id)
         return row.id
+
+    def _expect(self, entry_id: int) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters[entry_id].append(future)
+        return future
+
+    def forget(self, entry_id: int) -> None:
+        """Drop the waiters of an entry whose transaction did not commit."""
+        for future in self._waiters.pop(entry_id, []):
+            future.cancel()
 
     def notify(self) -> None:
         self._work.set()
@@ -188,25 +205,25 @@ class EmbeddedQueue:
     async def wait_processed(self, entry_id: int, timeout: float) -> Outcome | None:
         """Wait until a worker acknowledged ``entry_id``; None when the time ran out."""
         if timeout <= 0:
+            self.forget(entry_id)
             return None
         if not self.has_local_worker:
             return await self._poll_processed(entry_id, timeout)
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiters[entry_id].append(future)
-        # The worker may have finished before we registered: check the table once.
-        async with self._db() as session:
-            if await session.get(QueueEntryRow, entry_id) is None:
-                self._resolve(entry_id, Outcome(True))
+        registered = self._waiters.get(entry_id)
+        if registered:
+            future = registered[0]
+        else:
+            future = self._expect(entry_id)
+            # Enqueued before this process had a worker: it may be done already.
+            async with self._db() as session:
+                if await session.get(QueueEntryRow, entry_id) is None:
+                    self._resolve(entry_id, Outcome(True))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             return None
         finally:
-            waiters = self._waiters.get(entry_id)
-            if waiters and future in waiters:
-                waiters.remove(future)
-                if not waiters:
-                    self._waiters.pop(entry_id, None)
+            self.forget(entry_id)
 
     async def _poll_processed(self, entry_id: int, timeout: float) -> Outcome | None:
         """Worker in another process: watch the entry disappear, backing off gently."""

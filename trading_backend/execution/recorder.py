@@ -44,8 +44,11 @@ class OrderRecorder:
                 log.exception("order_listener_failed")
 
     async def handle_update(self, update: OrderUpdate) -> None:
-        """Entry point for pushed broker updates."""
-        order_id = await self._find_order_id(update.config_id, update.state)
+        """Entry point for pushed broker updates. Our order id travels as the broker-side
+        tag, so most updates need no lookup; others are found by broker order id."""
+        order_id = update.state.client_order_id or await self._find_order_id(
+            update.config_id, update.state
+        )
         if order_id is None:
             log.warning(
                 "broker_update_for_unknown_order",
@@ -53,7 +56,7 @@ class OrderRecorder:
                 broker_order_id=update.state.broker_order_id,
             )
             return
-        await self.apply(order_id, update.state, update.fills)
+        await self.apply(order_id, update.state, update.fills, config_id=update.config_id)
 
     async def _find_order_id(self, config_id: str, state: BrokerOrderState) -> str | None:
         async with self._db() as session:
@@ -75,13 +78,19 @@ class OrderRecorder:
         fills: list[Fill],
         *,
         event_type: str = "BROKER_UPDATE",
+        config_id: str | None = None,
     ) -> Order | None:
         """Bring our order in line with the broker's view. Idempotent: replaying the same
         state and fills changes nothing."""
         async with self.locks.hold(order_id):
             async with self._db() as session, session.begin():
                 row = await session.get(OrderRow, order_id)
-                if row is None:
+                if row is None or (config_id is not None and row.config_id != config_id):
+                    log.warning(
+                        "broker_update_for_unknown_order",
+                        config_id=config_id,
+                        broker_order_id=state.broker_order_id,
+                    )
                     return None
                 order = order_from_row(row)
                 before = order.status

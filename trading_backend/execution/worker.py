@@ -120,7 +120,7 @@ class OrderWorker:
 
     async def process(self, message: QueueMessage) -> Outcome:
         if message.kind == MessageKind.PLACE:
-            return await self._place(message.order_id)
+            return await self._place(message.order_id, message.payload)
         if message.kind == MessageKind.CANCEL:
             return await self._cancel(message.order_id)
         if message.kind == MessageKind.MODIFY:
@@ -174,21 +174,17 @@ class OrderWorker:
         return await self._sessions.open(order.user_id, order.config_id)
 
     # -- place -------------------------------------------------------------------------------
-    async def _place(self, order_id: str) -> Outcome:
-        order = await self._load(order_id)
-        if order is None:
-            return Outcome(False, ErrorCode.ORDER_NOT_FOUND.value, "order vanished")
-        if order.status is not OrderStatus.PENDING:
-            # Cancelled while queued, or redelivered after a crash: never send twice.
-            return Outcome(
-                order.status not in (OrderStatus.REJECTED, OrderStatus.CANCELLED),
-                order.error_code,
-                f"order already {order.status.value}",
-            )
+    async def _place(self, order_id: str, payload: dict[str, Any]) -> Outcome:
+        user_id, config_id = payload.get("user_id"), payload.get("config_id")
+        if not (user_id and config_id):  # an entry written without them: look them up
+            found = await self._load(order_id)
+            if found is None:
+                return Outcome(False, ErrorCode.ORDER_NOT_FOUND.value, "order vanished")
+            user_id, config_id = found.user_id, found.config_id
         try:
-            session = await self._session_for(order)
+            session = await self._sessions.open(str(user_id), str(config_id))
         except DomainError as exc:
-            await self._transition(
+            rejected = await self._transition(
                 order_id,
                 (OrderStatus.PENDING,),
                 OrderStatus.REJECTED,
@@ -196,7 +192,11 @@ class OrderWorker:
                 error_code=exc.code.value,
                 message=exc.message,
             )
+            if rejected is None:
+                return await self._already_handled(order_id)
             return Outcome(False, exc.code.value, exc.message)
+        # The point of no return, committed before the broker is called: only the worker
+        # that moves the order out of PENDING ever sends it.
         submitted = await self._transition(
             order_id,
             (OrderStatus.PENDING,),
@@ -205,9 +205,7 @@ class OrderWorker:
             data={"worker_id": self.worker_id, "session_id": session.session_id},
         )
         if submitted is None:
-            current = await self._load(order_id)
-            status = current.status.value if current else "missing"
-            return Outcome(False, ErrorCode.ORDER_NOT_FOUND.value, f"order already {status}")
+            return await self._already_handled(order_id)
         request = submitted.to_request()
         request.client_order_id = submitted.order_id  # the broker-side tag we reconcile by
         try:
@@ -228,22 +226,33 @@ class OrderWorker:
                 message=exc.message,
             )
             return Outcome(False, exc.code.value, exc.message)
-        except Exception as exc:
+        except Exception as exc:  # an adapter bug: the fate is unknown
             log.exception("place_order_crashed", order_id=order_id)
             return await self._fate_unknown(session, order_id, exc)
         session.touch()
-        await self._acknowledge(order_id, broker_order_id)
-        final = await self._load(order_id)
+        final = await self._acknowledge(order_id, broker_order_id)
         if final is not None and final.status is OrderStatus.REJECTED:
             return Outcome(False, final.error_code, final.message)
         return Outcome(True)
 
-    async def _acknowledge(self, order_id: str, broker_order_id: str) -> None:
+    async def _already_handled(self, order_id: str) -> Outcome:
+        """Cancelled while queued, or redelivered after a crash: never send twice."""
+        order = await self._load(order_id)
+        if order is None:
+            return Outcome(False, ErrorCode.ORDER_NOT_FOUND.value, "order vanished")
+        return Outcome(
+            order.status not in (OrderStatus.REJECTED, OrderStatus.CANCELLED),
+            order.error_code,
+            f"order already {order.status.value}",
+        )
+
+    async def _acknowledge(self, order_id: str, broker_order_id: str) -> Order | None:
+        """Record the broker's order id and SUBMITTED -> OPEN, unless updates got there first."""
         async with self._locks.hold(order_id):
             async with self._db() as session, session.begin():
                 row = await session.get(OrderRow, order_id)
                 if row is None:
-                    return
+                    return None
                 order = order_from_row(row)
                 before = order.status
                 if order.broker_order_id is None:
@@ -251,7 +260,7 @@ class OrderWorker:
                 if order.status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
                     order.transition(OrderStatus.OPEN)
                 if order.status is before and row.broker_order_id == broker_order_id:
-                    return
+                    return order
                 copy_order_to_row(order, row)
                 add_event(
                     session,
@@ -263,6 +272,7 @@ class OrderWorker:
                     correlation_id=correlation_id.get(),
                 )
         self._recorder._notify(order)
+        return order
 
     async def _fate_unknown(
         self, session: BrokerSession, order_id: str, error: BaseException

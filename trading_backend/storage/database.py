@@ -73,5 +73,5 @@ async def check_database(engine: AsyncEngine) -> bool:
         async with engine.connect() as connection:
             await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - health checks report, they do not raise
         return False

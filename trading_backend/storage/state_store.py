@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from trading_backend.storage.models import BrokerStateRow, utcnow
@@ -19,13 +21,18 @@ class DatabaseStateStore:
             return dict(row.state) if row is not None else None
 
     async def save(self, key: str, state: dict[str, Any]) -> None:
+        """One upsert statement (INSERT ... ON CONFLICT DO UPDATE) on SQLite and PostgreSQL."""
         async with self._db() as session, session.begin():
-            row = await session.get(BrokerStateRow, key)
-            if row is None:
-                session.add(BrokerStateRow(key=key, state=state, updated_at=utcnow()))
-            else:
-                row.state = state
-                row.updated_at = utcnow()
+            dialect = session.bind.dialect.name
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            now = utcnow()
+            statement = insert(BrokerStateRow).values(key=key, state=state, updated_at=now)
+            await session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[BrokerStateRow.key],
+                    set_={"state": statement.excluded.state, "updated_at": now},
+                )
+            )
 
     async def delete(self, key: str) -> None:
         async with self._db() as session, session.begin():
