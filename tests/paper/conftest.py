@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.paper.paper_helpers import TODAY, BrokerFactory, JsonMemoryStore, Recorder
+from tests.paper.paper_helpers import (
+    TODAY,
+    BrokerFactory,
+    JsonIncrementalStore,
+    JsonMemoryStore,
+    Recorder,
+)
 from trading_backend.brokers.base import BrokerConfigData, BrokerContext
 from trading_backend.brokers.paper import PaperBroker, SimulatedMarket
 from trading_backend.brokers.paper.universe import default_universe
@@ -18,9 +24,10 @@ def market() -> SimulatedMarket:
     return SimulatedMarket(seed=42, instruments=default_universe(TODAY))
 
 
-@pytest.fixture
-def store() -> JsonMemoryStore:
-    return JsonMemoryStore()
+@pytest.fixture(params=["whole", "incremental"])
+def store(request: pytest.FixtureRequest) -> JsonMemoryStore:
+    """Both persistence layouts: the whole account in one value, or one value per change."""
+    return JsonMemoryStore() if request.param == "whole" else JsonIncrementalStore()
 
 
 @pytest.fixture

@@ -34,6 +34,18 @@ class JsonMemoryStore:
         self.saves += 1
 
 
+class JsonIncrementalStore(JsonMemoryStore):
+    """Like ``JsonMemoryStore`` but with the per-key operations of the database store, so the
+    paper broker writes only what changed (the layout the server uses)."""
+
+    async def save_many(self, items: dict[str, dict[str, Any]]) -> None:
+        for key, state in items.items():
+            await self.save(key, state)
+
+    async def load_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(v) for k, v in self.data.items() if k.startswith(prefix)}
+
+
 class Recorder:
     """An order-update handler that remembers everything it was given."""
 

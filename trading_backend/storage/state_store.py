@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +35,30 @@ class DatabaseStateStore:
                 )
             )
 
+    async def save_many(self, items: dict[str, dict[str, Any]]) -> None:
+        """Upsert several keys in one transaction (all or nothing)."""
+        async with self._db() as session, session.begin():
+            dialect = session.bind.dialect.name
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            now = utcnow()
+            for key, state in items.items():
+                statement = insert(BrokerStateRow).values(key=key, state=state, updated_at=now)
+                await session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[BrokerStateRow.key],
+                        set_={"state": statement.excluded.state, "updated_at": now},
+                    )
+                )
+
+    async def load_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
+        async with self._db() as session:
+            rows = await session.execute(
+                select(BrokerStateRow.key, BrokerStateRow.state).where(
+                    BrokerStateRow.key.startswith(prefix, autoescape=True)
+                )
+            )
+            return {key: dict(state) for key, state in rows.all()}
+
     async def delete(self, key: str) -> None:
         async with self._db() as session, session.begin():
             row = await session.get(BrokerStateRow, key)
@@ -52,3 +77,9 @@ class MemoryStateStore:
 
     async def save(self, key: str, state: dict[str, Any]) -> None:
         self.data[key] = state
+
+    async def save_many(self, items: dict[str, dict[str, Any]]) -> None:
+        self.data.update(items)
+
+    async def load_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.data.items() if k.startswith(prefix)}

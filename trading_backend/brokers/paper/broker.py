@@ -39,7 +39,13 @@ from trading_backend.brokers.base import (
     BrokerOrderState,
     OrderUpdate,
 )
-from trading_backend.brokers.paper.exchange import PaperAccount
+from trading_backend.brokers.paper.exchange import (
+    STATE_VERSION,
+    PaperAccount,
+    _fill_to_dict,
+    _order_to_dict,
+    _position_to_dict,
+)
 from trading_backend.brokers.paper.market import Quote, SimulatedMarket
 from trading_backend.brokers.paper.settings import KNOWN_KEYS, PaperSettings
 from trading_backend.domain import Fill, OrderType
@@ -98,7 +104,7 @@ class PaperBroker(Broker):
                 )
                 store = self.context.state_store
                 if store is not None:
-                    saved = await store.load(self.state_key)
+                    saved = await self._load_saved(store)
                     if saved:
                         account.load_state(saved)
                     else:
@@ -134,13 +140,81 @@ class PaperBroker(Broker):
         return self._account
 
     # -- plumbing --------------------------------------------------------------------------
-    async def _save(self, account: PaperAccount) -> None:
-        """Persist the account; call with the lock held."""
+    async def _load_saved(self, store: Any) -> dict[str, Any] | None:
+        head = await store.load(self.state_key)
+        if not head or head.get("layout") != INCREMENTAL:
+            return head  # None, or a whole-account state written by a plain store
+        items = await store.load_prefix(self.state_key + ":")
+        orders = sorted(
+            (v for k, v in items.items() if k.startswith(self.state_key + ":o:")),
+            key=lambda v: v["seq"],
+        )
+        fills = sorted(
+            (v for k, v in items.items() if k.startswith(self.state_key + ":f:")),
+            key=lambda v: v["seq"],
+        )
+        state = {k: v for k, v in head.items() if k != "layout"}
+        state["orders"] = [o["order"] for o in orders]
+        state["fills"] = [f["fill"] for f in fills]
+        state["charges_detail"] = {
+            f["fill"]["trade_id"]: f["charges_detail"] for f in fills if f.get("charges_detail")
+        }
+        return state
+
+    async def _save(self, account: PaperAccount, updates: list[OrderUpdate] | None = None) -> None:
+        """Persist the account; call with the lock held.
+
+        With a store that supports it (``save_many``/``load_prefix``), only what changed is
+        written: a small head (cash, counters, positions) plus one record per order or fill
+        touched by ``updates``, in one transaction. The cost of a save then stays flat as
+        the day's order book grows, instead of rewriting every order ever placed.
+        """
         store = self.context.state_store
         if store is None:
             return
         try:
-            await store.save(self.state_key, account.to_state())
+            if not (hasattr(store, "save_many") and hasattr(store, "load_prefix")):
+                await store.save(self.state_key, account.to_state())
+                return
+            state = account.to_state() if updates is None else None
+            head = {
+                "layout": INCREMENTAL,
+                "version": STATE_VERSION,
+                "config_id": account.config_id,
+                "initial_capital": str(account.initial_capital),
+                "cash": str(account.cash),
+                "order_counter": account.order_counter,
+                "trade_counter": account.trade_counter,
+                "positions": [_position_to_dict(p) for p in account.positions.values()],
+            }
+            items: dict[str, dict[str, Any]] = {self.state_key: head}
+            if state is not None:  # first save: everything
+                order_ids = [o["order_id"] for o in state["orders"]]
+                fills = list(account.fills)
+            else:
+                # Orders this change reported, plus every working order: a stop that
+                # triggered changes its order without reporting an update.
+                order_ids = list(
+                    dict.fromkeys(
+                        [u.state.broker_order_id for u in updates or []]
+                        + [e.order.broker_order_id or "" for e in account.working()]
+                    )
+                )
+                order_ids = [o for o in order_ids if o]
+                fills = [f for u in updates or [] for f in u.fills]
+            for order_id in order_ids:
+                entry = account.entry(order_id)
+                items[f"{self.state_key}:o:{order_id}"] = {
+                    "seq": _sequence(order_id),
+                    "order": _order_to_dict(entry),
+                }
+            for fill in fills:
+                items[f"{self.state_key}:f:{fill.trade_id}"] = {
+                    "seq": _sequence(fill.trade_id),
+                    "fill": _fill_to_dict(fill),
+                    "charges_detail": account.charges_detail.get(fill.trade_id),
+                }
+            await store.save_many(items)
         except Exception:
             log.exception("paper: saving the account failed", config_id=self.config.config_id)
 
@@ -194,7 +268,7 @@ class PaperBroker(Broker):
         async with self._lock:
             updates, changed = account.on_quotes(quotes)
             if changed:
-                await self._save(account)
+                await self._save(account, updates)
             through = self._queue_updates(updates)
         await self._drain(through)
 
@@ -203,7 +277,7 @@ class PaperBroker(Broker):
         account = self._require()
         async with self._lock:
             broker_order_id, updates = account.place(order)
-            await self._save(account)
+            await self._save(account, updates)
             through = self._queue_updates(updates)
         await self._drain(through)
         return broker_order_id
@@ -226,7 +300,7 @@ class PaperBroker(Broker):
                 trigger_price=trigger_price,
                 order_type=order_type,
             )
-            await self._save(account)
+            await self._save(account, updates)
             through = self._queue_updates(updates)
         await self._drain(through)
 
@@ -234,7 +308,7 @@ class PaperBroker(Broker):
         account = self._require()
         async with self._lock:
             updates = account.cancel(broker_order_id)
-            await self._save(account)
+            await self._save(account, updates)
             through = self._queue_updates(updates)
         await self._drain(through)
 
@@ -252,7 +326,7 @@ class PaperBroker(Broker):
         async with self._lock:
             updates = account.expire_day_orders()
             if updates:
-                await self._save(account)
+                await self._save(account, updates)
             through = self._queue_updates(updates)
         await self._drain(through)
         return [u.state for u in updates]
@@ -285,3 +359,12 @@ class PaperBroker(Broker):
 
     async def get_market_data(self, symbol: str, exchange: str) -> dict[str, Any]:
         return self._require().market_data(symbol, exchange)
+
+
+INCREMENTAL = "incremental"
+
+
+def _sequence(identifier: str) -> int:
+    """The counter at the end of ``PAPER-12`` or ``PT-cfg-7``: restores placement order."""
+    tail = identifier.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
