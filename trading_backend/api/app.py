@@ -12,7 +12,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from trading_backend import __version__
 from trading_backend.api.errors import install_error_handlers
 from trading_backend.api.routers import auth, brokers, health
-from trading_backend.logging import correlation_id, new_correlation_id
+from trading_backend.logging import configure_logging, correlation_id, new_correlation_id
 from trading_backend.manager import multi_user_broker_manager
 from trading_backend.runtime import Runtime
 from trading_backend.settings import Settings, get_settings
@@ -50,7 +50,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = runtime or Runtime(settings or get_settings())
+        if owns_runtime:
+            resolved = settings or get_settings()
+            configure_logging(resolved.log_level, resolved.log_json)
+        rt = runtime or Runtime(resolved)
         app.state.runtime = rt
         if owns_runtime:
             await rt.start(
