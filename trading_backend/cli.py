@@ -330,10 +330,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _order_table(orders: list[dict[str, Any]]) -> Table:
-    table = Table("order_id", "symbol", "side", "type", "qty", "price", "status", "filled", "avg")
+    table = Table("symbol", "side", "type", "qty", "price", "status", "filled", "avg")
+    table.add_column("order_id", no_wrap=True, min_width=20)
     for o in orders:
         table.add_row(
-            o["order_id"],
             f"{o['exchange']}:{o['symbol']}",
             o["side"],
             o["order_type"],
@@ -342,6 +342,7 @@ def _order_table(orders: list[dict[str, Any]]) -> Table:
             o["status"] + (f" ({o['error_code']})" if o.get("error_code") else ""),
             str(o["filled_quantity"]),
             str(o["average_price"]),
+            o["order_id"],
         )
     return table
 

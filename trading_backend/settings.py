@@ -28,7 +28,9 @@ class ConfigurationError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True
+    )
 
     environment: Literal["development", "production", "test"] = "development"
     data_dir: Path = Field(default=Path("data"), validation_alias="TRADING_BACKEND_DATA_DIR")
