@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -20,6 +21,7 @@ from trading_backend.accounts.vault import Vault
 from trading_backend.brokers.base import BrokerContext
 from trading_backend.brokers.paper import SimulatedMarket
 from trading_backend.brokers.sessions import BrokerSessionManager
+from trading_backend.domain.calendar import next_session_close
 from trading_backend.execution.locks import KeyedLocks
 from trading_backend.execution.order_service import OrderService
 from trading_backend.execution.queue import EmbeddedQueue
@@ -104,6 +106,8 @@ class Runtime:
             self._spawn(self.worker.run(self._stop), "order-worker")
         if market:
             self._spawn(self.market.run(self.settings.market_tick_seconds), "paper-market")
+        if market:
+            self._spawn(self._expire_day_orders_at_each_close(), "session-close")
         if health_monitor:
             self._spawn(
                 self.sessions.run_health_monitor(self.settings.health_check_seconds),
@@ -111,6 +115,25 @@ class Runtime:
             )
         self.started = True
         log.info("runtime_started", database=self.engine.url.render_as_string(hide_password=True))
+
+    async def expire_day_orders(self, now: datetime | None = None) -> int:
+        """Expire DAY orders at every open broker session; returns how many expired."""
+        now = now or datetime.now(UTC)
+        expired = 0
+        for session in self.sessions.sessions():
+            try:
+                expired += len(await session.broker.expire_day_orders(now))
+            except Exception:
+                log.exception("expire_day_orders_failed", config_id=session.config_id)
+        if expired:
+            log.info("day_orders_expired", count=expired)
+        return expired
+
+    async def _expire_day_orders_at_each_close(self) -> None:
+        while True:
+            now = datetime.now(UTC)
+            await asyncio.sleep((next_session_close(now) - now).total_seconds() + 1)
+            await self.expire_day_orders()
 
     async def stop(self) -> None:
         self._stop.set()

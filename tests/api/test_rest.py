@@ -240,3 +240,16 @@ async def test_health_reports_components(client: httpx.AsyncClient) -> None:
     body = response.json()
     assert body["database"]["ok"] and body["queue"]["ok"]
     assert "broker_sessions" in body
+
+
+async def test_bulk_orders_can_be_queued_low(client: httpx.AsyncClient, alice: Account) -> None:
+    body = {"config_id": alice.config_id, "order": market(), "priority": "LOW"}
+    response = await client.post("/api/v1/brokers/orders/place", json=body, headers=alice.headers)
+    assert response.status_code == 201 and response.json()["status"] == "FILLED"
+    detail = await client.get(
+        f"/api/v1/brokers/orders/{response.json()['order_id']}", headers=alice.headers
+    )
+    assert detail.json()["events"][0]["data"]["priority"] == "LOW"
+    high = {**body, "priority": "HIGH"}
+    refused = await client.post("/api/v1/brokers/orders/place", json=high, headers=alice.headers)
+    assert refused.status_code == 422

@@ -3,6 +3,7 @@ Runs on SQLite and (with TEST_DATABASE_URL) on PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -122,3 +123,16 @@ async def test_unknown_config_is_config_not_found(runtime: Runtime) -> None:
         with pytest.raises(DomainError) as info:
             await runtime.orders.place(user_id, config, order(), wait=1)
         assert info.value.code is ErrorCode.CONFIG_NOT_FOUND
+
+
+async def test_day_orders_expire_at_the_session_close(runtime: Runtime) -> None:
+    user_id, config_id = await user_with_config(runtime)
+    ltp = runtime.market.quote("INFY", "NSE").ltp
+    day = await runtime.orders.place(
+        user_id, config_id, order(symbol="INFY", order_type="LIMIT", price=ltp - 50), wait=5
+    )
+    assert day.order.status is OrderStatus.OPEN
+    assert await runtime.expire_day_orders(datetime.now(UTC)) == 0  # no close since placing
+    assert await runtime.expire_day_orders(datetime.now(UTC) + timedelta(days=4)) == 1
+    expired = await runtime.orders.get(user_id, day.order.order_id)
+    assert expired.status is OrderStatus.EXPIRED

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,6 +108,11 @@ class PlaceOrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config_id: str = Field(min_length=1, max_length=64)
     order: OrderIn
+    priority: Literal["NORMAL", "LOW"] = Field(
+        default="NORMAL",
+        description="LOW for bulk work that may wait behind ordinary orders; HIGH is kept"
+        " for cancels and square-offs",
+    )
 
 
 class ModifyOrderIn(BaseModel):

@@ -243,6 +243,12 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def get_trades(self) -> list[Fill]: ...
 
+    async def expire_day_orders(self, now: datetime | None = None) -> list[BrokerOrderState]:
+        """Called at each exchange session close. Real exchanges expire DAY orders
+        themselves (we learn it from updates and reconciliation), so the default does
+        nothing; simulated brokers expire theirs here."""
+        return []
+
     # -- portfolio and market data ---------------------------------------------------------
     @abc.abstractmethod
     async def get_positions(self) -> list[dict[str, Any]]:

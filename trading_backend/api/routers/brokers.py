@@ -32,6 +32,7 @@ from trading_backend.api.schemas import (
 )
 from trading_backend.domain import BrokerOrder, DomainError, ErrorCode, Order, OrderStatus
 from trading_backend.execution.order_service import OrderResult
+from trading_backend.execution.queue import Priority
 from trading_backend.execution.views import order_to_dict, trade_to_dict
 from trading_backend.storage.repositories import UserScopedReader, order_from_row
 
@@ -162,6 +163,7 @@ async def place_order(
         user.id,
         body.config_id,
         request_order,
+        priority=Priority[body.priority],
         wait=runtime.settings.order_wait_seconds if wait is None else wait,
         ip=client_ip(request),
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -111,6 +112,10 @@ class PaperBroker(Broker):
                         # Pin the opening capital now: later settings changes do not rewrite it.
                         await self._save(account)
                 self._account = account
+                stale = account.expire_day_orders(datetime.now(UTC))
+                if stale:
+                    await self._save(account, stale)
+                    self._queue_updates(stale)
             if not self._listening:
                 self.market.add_listener(self._on_quotes)
                 self._listening = True
@@ -312,8 +317,10 @@ class PaperBroker(Broker):
             through = self._queue_updates(updates)
         await self._drain(through)
 
-    async def expire_day_orders(self) -> list[BrokerOrderState]:
-        """Move every working DAY order to EXPIRED (call at the session close).
+    async def expire_day_orders(self, now: datetime | None = None) -> list[BrokerOrderState]:
+        """Move working DAY orders to EXPIRED: all of them, or with ``now`` those placed
+        before their exchange's latest session close (the runtime calls this at each close,
+        and ``authenticate`` catches up after a restart).
 
         Works without a valid session (a logged-out account's orders expire too), but
         needs the account loaded by an earlier ``authenticate()``.
@@ -324,7 +331,7 @@ class PaperBroker(Broker):
                 f"paper account {self.config.config_id} was never loaded: call authenticate()"
             )
         async with self._lock:
-            updates = account.expire_day_orders()
+            updates = account.expire_day_orders(now)
             if updates:
                 await self._save(account, updates)
             through = self._queue_updates(updates)

@@ -63,6 +63,7 @@ from trading_backend.domain import (
     ProductType,
     Validity,
 )
+from trading_backend.domain.calendar import last_session_close
 from trading_backend.domain.money import ZERO, is_multiple, round_money
 
 __all__ = ["STATE_VERSION", "PaperAccount"]
@@ -429,10 +430,16 @@ class PaperAccount:
         self._track(entry)
         return [self._update(entry)]
 
-    def expire_day_orders(self) -> list[OrderUpdate]:
+    def expire_day_orders(self, now: datetime | None = None) -> list[OrderUpdate]:
+        """Expire working DAY orders. With ``now``, only those placed before their
+        exchange's most recent session close (so a restart after a close catches up);
+        without it, all of them (the caller says the session just closed)."""
         updates: list[OrderUpdate] = []
         for entry in self.working():
-            if entry.order.validity is Validity.DAY:
+            if entry.order.validity is Validity.DAY and (
+                now is None
+                or entry.order.created_at < last_session_close(entry.order.exchange, now)
+            ):
                 entry.order.transition(
                     OrderStatus.EXPIRED, message="day order expired at the session close"
                 )
