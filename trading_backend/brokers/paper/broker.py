@@ -146,7 +146,7 @@ class PaperBroker(Broker):
 
     # -- plumbing --------------------------------------------------------------------------
     async def _load_saved(self, store: Any) -> dict[str, Any] | None:
-        head = await store.load(self.state_key)
+        head: dict[str, Any] | None = await store.load(self.state_key)
         if not head or head.get("layout") != INCREMENTAL:
             return head  # None, or a whole-account state written by a plain store
         items = await store.load_prefix(self.state_key + ":")
