@@ -30,8 +30,16 @@ COMMANDS = [
     ["order", "place"],
     ["order", "list"],
     ["order", "cancel"],
+    ["order", "modify"],
+    ["order", "show"],
+    ["trades"],
+    ["positions"],
+    ["balance"],
+    ["quote"],
     ["status"],
     ["keys", "generate"],
+    ["user", "list"],
+    ["broker", "list"],
 ]
 
 
@@ -146,6 +154,11 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
     listed = cli("order", "list", *api, env=env)
     assert listed.returncode == 0 and order_id in listed.stdout
 
+    modified = cli("order", "modify", order_id, "--price", "101", "--quantity", "2", *api, env=env)
+    assert modified.returncode == 0 and "101" in modified.stdout, modified.stdout + modified.stderr
+    shown = cli("order", "show", order_id, *api, env=env)
+    assert shown.returncode == 0 and "MODIFIED" in shown.stdout and "ACCEPTED" in shown.stdout
+
     cancelled = cli("order", "cancel", order_id, *api, env=env)
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout
 
@@ -164,6 +177,17 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
         env=env,
     )
     assert bad.returncode == 1 and "VALIDATION_ERROR" in bad.stderr
+
+    book = cli("trades", *api, env=env)
+    assert book.returncode == 0 and "NSE:TCS" in book.stdout
+    held = cli("positions", "--config-id", "demo-paper", *api, env=env)
+    assert held.returncode == 0 and "NSE:TCS" in held.stdout and "DELIVERY" in held.stdout
+    funds = cli("balance", "--config-id", "demo-paper", *api, env=env)
+    assert funds.returncode == 0 and "available_cash" in funds.stdout
+    quoted = cli("quote", "RELIANCE", "--config-id", "demo-paper", *api, env=env)
+    assert quoted.returncode == 0 and '"ltp"' in quoted.stdout
+    missing = cli("quote", "NOSUCH", "--config-id", "demo-paper", *api, env=env)
+    assert missing.returncode == 1 and "INSTRUMENT_NOT_FOUND" in missing.stderr
 
     status = cli("status", *api, env=env)
     assert status.returncode == 0 and '"total_sessions": 1' in status.stdout

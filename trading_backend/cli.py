@@ -416,6 +416,147 @@ def order_cancel(
     console.print(_order_table([api.call("DELETE", f"/api/v1/brokers/orders/{order_id}")]))
 
 
+@order_app.command("modify")
+def order_modify(
+    order_id: str,
+    quantity: Annotated[int | None, typer.Option(help="new quantity")] = None,
+    price: Annotated[Decimal | None, typer.Option(help="new limit price")] = None,
+    trigger_price: Annotated[Decimal | None, typer.Option(help="new trigger price")] = None,
+    order_type: Annotated[str | None, typer.Option("--type", help="new order type")] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Modify an open order."""
+    body: dict[str, Any] = {}
+    if quantity is not None:
+        body["quantity"] = quantity
+    if price is not None:
+        body["price"] = str(price)
+    if trigger_price is not None:
+        body["trigger_price"] = str(trigger_price)
+    if order_type is not None:
+        body["order_type"] = order_type.upper().replace("-", "_")
+    if not body:
+        _fail("give at least one of --quantity, --price, --trigger-price, --type")
+    api = _Api(api_url, username, password, token)
+    console.print(_order_table([api.call("PUT", f"/api/v1/brokers/orders/{order_id}", json=body)]))
+
+
+@order_app.command("show")
+def order_show(
+    order_id: str,
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show one order and its event history."""
+    api = _Api(api_url, username, password, token)
+    detail = api.call("GET", f"/api/v1/brokers/orders/{order_id}")
+    console.print(_order_table([detail]))
+    events = Table("time", "event", "from", "to", "details")
+    for e in detail["events"]:
+        events.add_row(
+            e["created_at"],
+            e["event_type"],
+            e["from_status"] or "",
+            e["to_status"] or "",
+            json.dumps(e["data"], separators=(",", ":")),
+        )
+    console.print(events)
+
+
+@app.command()
+def trades(
+    config_id: Annotated[str | None, typer.Option("--config-id", help="only this config")] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show the trade book (executions and their charges)."""
+    api = _Api(api_url, username, password, token)
+    params = {"config_id": config_id} if config_id else {}
+    table = Table("time", "symbol", "side", "qty", "price", "charges", "trade_id", "order_id")
+    for t in api.call("GET", "/api/v1/brokers/trades", params=params):
+        table.add_row(
+            t["executed_at"],
+            f"{t['exchange']}:{t['symbol']}",
+            t["side"],
+            str(t["quantity"]),
+            str(t["price"]),
+            str(t["charges"]),
+            t["trade_id"],
+            t["order_id"],
+        )
+    console.print(table)
+
+
+@app.command()
+def positions(
+    config_id: Annotated[str, typer.Option("--config-id", help="broker config id")],
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show positions with live P&L."""
+    api = _Api(api_url, username, password, token)
+    data = api.call("GET", "/api/v1/brokers/positions", params={"config_id": config_id})
+    table = Table("symbol", "product", "qty", "avg", "ltp", "unrealised", "realised", "pnl")
+    for p in data["positions"]:
+        table.add_row(
+            f"{p['exchange']}:{p['symbol']}",
+            p["product_type"],
+            str(p["quantity"]),
+            f"{p['average_price']:.2f}",
+            f"{p.get('last_price') or 0:.2f}",
+            f"{p.get('unrealised_pnl') or 0:.2f}",
+            f"{p.get('realised_pnl') or 0:.2f}",
+            f"{p['pnl']:.2f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def balance(
+    config_id: Annotated[str, typer.Option("--config-id", help="broker config id")],
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show funds: available cash, buying power, used margin, total balance."""
+    api = _Api(api_url, username, password, token)
+    data = api.call("GET", "/api/v1/brokers/balance", params={"config_id": config_id})
+    table = Table("field", "value")
+    for key, value in data.items():
+        table.add_row(key, f"{value:,.2f}" if isinstance(value, float | int) else str(value))
+    console.print(table)
+
+
+@app.command()
+def quote(
+    symbol: str,
+    config_id: Annotated[str, typer.Option("--config-id", help="broker config id")],
+    exchange: Annotated[str, typer.Option(help="NSE, BSE, NFO, CRYPTO, ...")] = "NSE",
+    api_url: ApiUrl = DEFAULT_URL,
+    username: Username = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Show a quote from the broker."""
+    api = _Api(api_url, username, password, token)
+    data = api.call(
+        "GET",
+        f"/api/v1/brokers/market-data/{symbol}",
+        params={"config_id": config_id, "exchange": exchange.upper()},
+    )
+    console.print_json(data=data)
+
+
 @app.command()
 def status(
     api_url: ApiUrl = DEFAULT_URL,

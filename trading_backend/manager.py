@@ -14,16 +14,20 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from trading_backend.brokers.base import Broker, BrokerError, BrokerOrder
 from trading_backend.brokers.sessions import BrokerSession
-from trading_backend.domain import DomainError, ErrorCode, OrderStatus
-from trading_backend.execution.views import order_to_dict
+from trading_backend.domain import DomainError, ErrorCode, OrderStatus, OrderType
+from trading_backend.domain.money import to_decimal
+from trading_backend.execution.order_service import OrderResult
+from trading_backend.execution.views import order_to_dict, trade_to_dict
 from trading_backend.runtime import Runtime
 from trading_backend.settings import Settings, get_settings
+from trading_backend.storage.repositories import UserScopedReader, order_from_row
 
 log = structlog.get_logger(__name__)
 
@@ -193,6 +197,85 @@ class MultiUserBrokerManager:
 
         return await self._run(user_id, broker_config_id, op, "order placed")
 
+    async def modify_order_for_user(
+        self,
+        user_id: str,
+        order_id: str,
+        *,
+        quantity: int | None = None,
+        price: Decimal | float | None = None,
+        trigger_price: Decimal | float | None = None,
+        order_type: OrderType | str | None = None,
+        wait: float | None = None,
+    ) -> BrokerOperationResult:
+        rt = self._rt()
+
+        async def op(uid: str) -> tuple[dict[str, Any], BrokerSession | None]:
+            result = await rt.orders.modify(
+                uid,
+                order_id,
+                quantity=quantity,
+                price=None if price is None else to_decimal(price, "price"),
+                trigger_price=None if trigger_price is None else to_decimal(trigger_price),
+                order_type=None if order_type is None else OrderType(order_type),
+                wait=rt.settings.order_wait_seconds if wait is None else wait,
+            )
+            return self._order_outcome(uid, result)
+
+        return await self._run(user_id, None, op, "order modified")
+
+    async def cancel_order_for_user(
+        self, user_id: str, order_id: str, wait: float | None = None
+    ) -> BrokerOperationResult:
+        rt = self._rt()
+
+        async def op(uid: str) -> tuple[dict[str, Any], BrokerSession | None]:
+            result = await rt.orders.cancel(
+                uid, order_id, wait=rt.settings.order_wait_seconds if wait is None else wait
+            )
+            return self._order_outcome(uid, result)
+
+        return await self._run(user_id, None, op, "order cancelled")
+
+    def _order_outcome(
+        self, uid: str, result: OrderResult
+    ) -> tuple[dict[str, Any], BrokerSession | None]:
+        data = order_to_dict(result.order)
+        session = self._rt().sessions.find(uid, result.order.config_id)
+        if result.outcome is not None and not result.outcome.ok:
+            raise _Failed(
+                result.outcome.error_code or ErrorCode.SYSTEM_ERROR.value,
+                result.outcome.message or "request refused",
+                data,
+                session,
+            )
+        return data, session
+
+    async def get_orders_for_user(
+        self, user_id: str, config_id: str | None = None, status: str | None = None
+    ) -> BrokerOperationResult:
+        """The order book (newest first) from our records, every state change included."""
+        rt = self._rt()
+
+        async def op(uid: str) -> tuple[dict[str, Any], None]:
+            async with rt.db() as session:
+                rows = await UserScopedReader(session, uid).orders(config_id, status)
+                return {"orders": [order_to_dict(order_from_row(r)) for r in rows]}, None
+
+        return await self._run(user_id, config_id, op, "orders")
+
+    async def get_trades_for_user(
+        self, user_id: str, config_id: str | None = None
+    ) -> BrokerOperationResult:
+        rt = self._rt()
+
+        async def op(uid: str) -> tuple[dict[str, Any], None]:
+            async with rt.db() as session:
+                rows = await UserScopedReader(session, uid).trades(config_id)
+                return {"trades": [trade_to_dict(r) for r in rows]}, None
+
+        return await self._run(user_id, config_id, op, "trades")
+
     async def get_positions_for_user(self, user_id: str, config_id: str) -> BrokerOperationResult:
         async def op(uid: str) -> tuple[dict[str, Any], BrokerSession]:
             session = await self._session(uid, config_id)
@@ -290,3 +373,23 @@ async def get_market_data_for_user(
     return await multi_user_broker_manager.get_market_data_for_user(
         user_id, config_id, symbol, exchange
     )
+
+
+async def modify_order_for_user(
+    user_id: str, order_id: str, **changes: Any
+) -> BrokerOperationResult:
+    return await multi_user_broker_manager.modify_order_for_user(user_id, order_id, **changes)
+
+
+async def cancel_order_for_user(user_id: str, order_id: str) -> BrokerOperationResult:
+    return await multi_user_broker_manager.cancel_order_for_user(user_id, order_id)
+
+
+async def get_orders_for_user(
+    user_id: str, config_id: str | None = None, status: str | None = None
+) -> BrokerOperationResult:
+    return await multi_user_broker_manager.get_orders_for_user(user_id, config_id, status)
+
+
+async def get_trades_for_user(user_id: str, config_id: str | None = None) -> BrokerOperationResult:
+    return await multi_user_broker_manager.get_trades_for_user(user_id, config_id)
