@@ -168,7 +168,14 @@ class OrderService:
             symbol=order.symbol,
         )
         outcome = await self._queue.wait_processed(entry_id, wait)
-        return OrderResult(await self.get(user_id, order.order_id), outcome)
+        return OrderResult(await self._after(user_id, order.order_id, outcome), outcome)
+
+    async def _after(self, user_id: str, order_id: str, outcome: Outcome | None) -> Order:
+        """The order once its request was handled: as the worker left it when that worker is
+        in this process (no read needed), else from the database."""
+        if outcome is not None and outcome.order is not None and outcome.order.user_id == user_id:
+            return outcome.order
+        return await self.get(user_id, order_id)
 
     async def get(self, user_id: str, order_id: str) -> Order:
         async with self._db() as session:
@@ -248,7 +255,7 @@ class OrderService:
                 )
         self._queue.notify()
         outcome = await self._queue.wait_processed(entry_id, wait)
-        return OrderResult(await self.get(user_id, order_id), outcome)
+        return OrderResult(await self._after(user_id, order_id, outcome), outcome)
 
     async def cancel(
         self, user_id: str, order_id: str, *, wait: float = 0.0, ip: str | None = None
@@ -292,7 +299,7 @@ class OrderService:
                 )
         self._queue.notify()
         outcome = await self._queue.wait_processed(entry_id, wait)
-        return OrderResult(await self.get(user_id, order_id), outcome)
+        return OrderResult(await self._after(user_id, order_id, outcome), outcome)
 
     @staticmethod
     async def _owned_row(session: AsyncSession, user_id: str, order_id: str) -> OrderRow:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from trading_backend.domain import Order
 from trading_backend.storage.models import QueueEntryRow
 
 
@@ -51,6 +52,7 @@ class Outcome:
     ok: bool
     error_code: str | None = None
     message: str | None = None
+    order: Order | None = None  # the order as the worker left it (in-process waiters only)
 
 
 class OrderQueue(Protocol):

@@ -194,7 +194,7 @@ class OrderWorker:
             )
             if rejected is None:
                 return await self._already_handled(order_id)
-            return Outcome(False, exc.code.value, exc.message)
+            return Outcome(False, exc.code.value, exc.message, order=rejected)
         # The point of no return, committed before the broker is called: only the worker
         # that moves the order out of PENDING ever sends it.
         submitted = await self._transition(
@@ -217,7 +217,7 @@ class OrderWorker:
         except BrokerError as exc:
             if exc.code is ErrorCode.AUTH_ERROR:
                 self._sessions.record_error(session, exc)
-            await self._transition(
+            rejected = await self._transition(
                 order_id,
                 (OrderStatus.SUBMITTED,),
                 OrderStatus.REJECTED,
@@ -225,15 +225,15 @@ class OrderWorker:
                 error_code=exc.code.value,
                 message=exc.message,
             )
-            return Outcome(False, exc.code.value, exc.message)
+            return Outcome(False, exc.code.value, exc.message, order=rejected)
         except Exception as exc:  # an adapter bug: the fate is unknown
             log.exception("place_order_crashed", order_id=order_id)
             return await self._fate_unknown(session, order_id, exc)
         session.touch()
         final = await self._acknowledge(order_id, broker_order_id)
         if final is not None and final.status is OrderStatus.REJECTED:
-            return Outcome(False, final.error_code, final.message)
-        return Outcome(True)
+            return Outcome(False, final.error_code, final.message, order=final)
+        return Outcome(True, order=final)
 
     async def _already_handled(self, order_id: str) -> Outcome:
         """Cancelled while queued, or redelivered after a crash: never send twice."""
