@@ -215,7 +215,7 @@ async def main() -> None:
         "throughput_ratio_vs_ceiling": ratio,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"order_pipeline_{result['database']}.json"
+    out = RESULTS / f"order_pipeline_{result['database']}_c{args.concurrency}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'':24}{'orders/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, r in (("trading-backend", pipeline), ("bare FastAPI ceiling", ceiling)):
