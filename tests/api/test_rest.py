@@ -253,3 +253,30 @@ async def test_bulk_orders_can_be_queued_low(client: httpx.AsyncClient, alice: A
     high = {**body, "priority": "HIGH"}
     refused = await client.post("/api/v1/brokers/orders/place", json=high, headers=alice.headers)
     assert refused.status_code == 422
+
+
+async def test_config_with_working_orders_cannot_be_deleted(
+    client: httpx.AsyncClient, alice: Account, runtime: Runtime
+) -> None:
+    ltp = runtime.market.quote("TCS", "NSE").ltp
+    low = str((ltp * Decimal("0.9")).quantize(Decimal("0.05")))
+    body = {"config_id": alice.config_id, "order": market(order_type="LIMIT", price=low)}
+    resting = await client.post("/api/v1/brokers/orders/place", json=body, headers=alice.headers)
+    refused = await client.delete(
+        f"/api/v1/brokers/configs/{alice.config_id}", headers=alice.headers
+    )
+    assert refused.status_code == 409 and refused.json()["error_code"] == "CONFLICT"
+    await client.delete(
+        f"/api/v1/brokers/orders/{resting.json()['order_id']}", headers=alice.headers
+    )
+    deleted = await client.delete(
+        f"/api/v1/brokers/configs/{alice.config_id}", headers=alice.headers
+    )
+    assert deleted.status_code == 200
+    assert (await client.get("/api/v1/brokers/configs", headers=alice.headers)).json() == []
+    gone = await client.get(
+        f"/api/v1/brokers/balance?config_id={alice.config_id}", headers=alice.headers
+    )
+    assert gone.status_code == 404
+    # history stays readable
+    assert len((await client.get("/api/v1/brokers/orders", headers=alice.headers)).json()) == 1

@@ -20,10 +20,11 @@ from trading_backend.accounts.passwords import (
 from trading_backend.accounts.vault import Vault, mask
 from trading_backend.brokers.registry import BrokerRegistry
 from trading_backend.domain import DomainError, ErrorCode
-from trading_backend.storage.models import BrokerConfig, User, utcnow
+from trading_backend.storage.models import BrokerConfig, OrderRow, User, utcnow
 from trading_backend.storage.repositories import add_audit, find_user
 
 ROLES = ("USER", "ADMIN", "SUPER_ADMIN")
+LIVE_STATUSES = ("PENDING", "SUBMITTED", "OPEN", "PARTIALLY_FILLED", "UNKNOWN")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{3,64}$")
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -229,6 +230,17 @@ class AccountService:
             if row is None:
                 raise DomainError(
                     f"broker config {config_id!r} not found", ErrorCode.CONFIG_NOT_FOUND
+                )
+            live = await session.scalar(
+                select(func.count())
+                .select_from(OrderRow)
+                .where(OrderRow.config_id == config_id, OrderRow.status.in_(LIVE_STATUSES))
+            )
+            if live:
+                raise DomainError(
+                    f"broker config {config_id!r} has {live} order(s) still working;"
+                    " cancel them (or let them finish) first",
+                    ErrorCode.CONFLICT,
                 )
             row.is_active = False
             row.credentials_encrypted = None

@@ -22,21 +22,11 @@ class DatabaseStateStore:
             return dict(row.state) if row is not None else None
 
     async def save(self, key: str, state: dict[str, Any]) -> None:
-        """One upsert statement (INSERT ... ON CONFLICT DO UPDATE) on SQLite and PostgreSQL."""
-        async with self._db() as session, session.begin():
-            dialect = session.bind.dialect.name
-            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-            now = utcnow()
-            statement = insert(BrokerStateRow).values(key=key, state=state, updated_at=now)
-            await session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[BrokerStateRow.key],
-                    set_={"state": statement.excluded.state, "updated_at": now},
-                )
-            )
+        await self.save_many({key: state})
 
     async def save_many(self, items: dict[str, dict[str, Any]]) -> None:
-        """Upsert several keys in one transaction (all or nothing)."""
+        """Upsert several keys in one transaction (all or nothing), one INSERT ... ON
+        CONFLICT DO UPDATE statement per key on SQLite and PostgreSQL."""
         async with self._db() as session, session.begin():
             dialect = session.bind.dialect.name
             insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
