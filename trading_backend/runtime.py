@@ -10,12 +10,15 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from trading_backend.accounts.login import LoginService
 from trading_backend.accounts.service import AccountService
+from trading_backend.accounts.sessions import SessionService
 from trading_backend.accounts.tokens import TokenService
 from trading_backend.accounts.vault import Vault
 from trading_backend.brokers.base import BrokerContext
@@ -37,6 +40,10 @@ from trading_backend.storage.database import (
 )
 from trading_backend.storage.state_store import DatabaseStateStore
 
+if TYPE_CHECKING:
+    from trading_backend.accounts.api_keys import ApiKeyService
+    from trading_backend.accounts.two_factor import TwoFactorService
+
 log = structlog.get_logger(__name__)
 
 
@@ -50,6 +57,16 @@ class Runtime:
         assert settings.jwt_secret_key is not None
         self.tokens = TokenService(
             settings.jwt_secret_key, settings.jwt_algorithm, settings.access_token_minutes
+        )
+        self.auth_sessions = SessionService(self.db, self.tokens, settings.refresh_token_days)
+        self.logins = LoginService(
+            self.db,
+            self.auth_sessions,
+            self._second_factor,
+            max_failures=settings.login_max_failures,
+            lockout_minutes=settings.login_lockout_minutes,
+            ip_max_failures=settings.login_ip_max_failures,
+            ip_window_minutes=settings.login_ip_window_minutes,
         )
         self.market = SimulatedMarket(seed=settings.market_seed)
         self.broker_context = BrokerContext(
@@ -75,6 +92,21 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.started = False
+
+    @cached_property
+    def two_factor(self) -> TwoFactorService:
+        from trading_backend.accounts.two_factor import TwoFactorService
+
+        return TwoFactorService(self.db, self.vault)
+
+    @cached_property
+    def api_keys(self) -> ApiKeyService:
+        from trading_backend.accounts.api_keys import ApiKeyService
+
+        return ApiKeyService(self.db)
+
+    async def _second_factor(self, user_id: str, code: str, ip: str | None) -> None:
+        await self.two_factor.verify_second_factor(user_id, code, ip=ip)
 
     @property
     def background_tasks(self) -> int:

@@ -39,7 +39,22 @@ class Settings(BaseSettings):
     master_encryption_key: str | None = None
     jwt_secret_key: str | None = None
     jwt_algorithm: str = "HS256"
-    access_token_minutes: int = 60
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+
+    # Accounts and security
+    registration_mode: Literal["open", "admin_only"] = "open"
+    require_admin_2fa: bool = False
+    login_max_failures: int = 5  # per account before it locks
+    login_lockout_minutes: float = 15.0  # first lock; doubles with each further failure
+    login_ip_max_failures: int = 20  # per IP within the window below
+    login_ip_window_minutes: float = 15.0
+    rate_limit_api: str = "600/minute"  # per user or API key
+    rate_limit_auth: str = "20/minute"  # per IP on /api/v1/auth/*
+    rate_limit_orders: str = "20/second"  # per user on order placement, modify, cancel
+    rate_limit_enabled: bool = True
+    cors_origins: str = ""  # comma-separated; empty: no cross-origin access
+    allowed_hosts: str = "*"  # comma-separated Host header values
     log_level: str = "INFO"
     log_json: bool = False
 

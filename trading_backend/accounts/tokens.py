@@ -1,4 +1,5 @@
-"""Access tokens (JWT, HS256). Refresh tokens and revocation come with the security issue."""
+"""Access tokens: short-lived JWTs (HS256, algorithm pinned). They carry the login session
+(``sid``) so revoking the session ends them before they expire."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from trading_backend.domain import DomainError, ErrorCode
 class TokenClaims:
     user_id: str
     role: str
+    issued_at: datetime
+    session_id: str | None
 
 
 class TokenService:
@@ -22,15 +25,17 @@ class TokenService:
         self._algorithm = algorithm
         self.minutes = minutes
 
-    def issue(self, user_id: str, role: str) -> str:
+    def issue(self, user_id: str, role: str, session_id: str | None = None) -> str:
         now = datetime.now(UTC)
-        payload = {
+        payload: dict[str, object] = {
             "sub": user_id,
             "role": role,
             "iat": now,
             "exp": now + timedelta(minutes=self.minutes),
             "type": "access",
         }
+        if session_id is not None:
+            payload["sid"] = session_id
         return jwt.encode(payload, self._secret, algorithm=self._algorithm)
 
     def verify(self, token: str) -> TokenClaims:
@@ -47,4 +52,9 @@ class TokenService:
             raise DomainError("invalid token", ErrorCode.NOT_AUTHENTICATED) from None
         if payload.get("type") != "access":
             raise DomainError("invalid token", ErrorCode.NOT_AUTHENTICATED)
-        return TokenClaims(user_id=str(payload["sub"]), role=str(payload.get("role", "USER")))
+        return TokenClaims(
+            user_id=str(payload["sub"]),
+            role=str(payload.get("role", "USER")),
+            issued_at=datetime.fromtimestamp(int(payload["iat"]), UTC),
+            session_id=str(payload["sid"]) if payload.get("sid") else None,
+        )

@@ -1,17 +1,30 @@
-"""FastAPI dependencies: the runtime, the authenticated caller, role checks."""
+"""FastAPI dependencies: the runtime, the authenticated caller, role and scope checks.
+
+A caller authenticates with ``Authorization: Bearer <access JWT>`` or with
+``X-API-Key: <key>``. A JWT is refused once its login session was revoked (logout, refresh
+token reuse) or when it predates the user's last password change. An API key only reaches
+routes its scopes allow (``read`` < ``trade`` < ``admin``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from trading_backend.accounts.service import UserInfo
 from trading_backend.domain import DomainError, ErrorCode
 from trading_backend.runtime import Runtime
+from trading_backend.storage.models import User
 
 _bearer = HTTPBearer(auto_error=False, description="JWT from POST /api/v1/auth/login")
+_api_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="API key from POST /api/v1/auth/api-keys"
+)
+
+SCOPE_RANK = {"read": 0, "trade": 1, "admin": 2}
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -22,29 +35,93 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def current_user(
+@dataclass(frozen=True, slots=True)
+class AuthContext:
+    user: UserInfo
+    via: str  # "jwt" or "api_key"
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    session_id: str | None = None
+    totp_enabled: bool = False
+
+
+def _allows(scopes: frozenset[str], needed: str) -> bool:
+    return any(SCOPE_RANK.get(s, -1) >= SCOPE_RANK[needed] for s in scopes)
+
+
+async def authenticate(
+    request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> UserInfo:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise DomainError("missing bearer token", ErrorCode.NOT_AUTHENTICATED)
-    claims = runtime.tokens.verify(credentials.credentials)
-    user = await runtime.accounts.get_user(claims.user_id)
-    if user is None:
-        raise DomainError("user no longer exists", ErrorCode.NOT_AUTHENTICATED)
-    return user
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> AuthContext:
+    if api_key:
+        from trading_backend.accounts.api_keys import required_scope
+
+        user, scopes = await runtime.api_keys.authenticate(api_key)
+        needed = required_scope(request.method, request.url.path)
+        if not _allows(frozenset(scopes), needed):
+            raise DomainError(
+                f"this API key lacks the {needed!r} scope", ErrorCode.INSUFFICIENT_SCOPE
+            )
+        context = AuthContext(user=user, via="api_key", scopes=frozenset(scopes))
+    elif credentials is not None and credentials.scheme.lower() == "bearer":
+        claims = runtime.tokens.verify(credentials.credentials)
+        async with runtime.db() as session:
+            row = await session.get(User, claims.user_id)
+        if row is None or not row.is_active:
+            raise DomainError("user no longer exists or is disabled", ErrorCode.NOT_AUTHENTICATED)
+        valid_after = row.sessions_valid_after
+        if valid_after is not None and claims.issued_at < valid_after.replace(microsecond=0):
+            raise DomainError("this session was ended; log in again", ErrorCode.TOKEN_REVOKED)
+        if claims.session_id and await runtime.auth_sessions.is_revoked(claims.session_id):
+            raise DomainError("this session was revoked; log in again", ErrorCode.TOKEN_REVOKED)
+        user = UserInfo(id=row.id, username=row.username, role=row.role)
+        context = AuthContext(
+            user=user,
+            via="jwt",
+            scopes=frozenset(SCOPE_RANK),
+            session_id=claims.session_id,
+            totp_enabled=row.totp_enabled,
+        )
+    else:
+        raise DomainError("missing bearer token or API key", ErrorCode.NOT_AUTHENTICATED)
+    request.state.auth = context
+    return context
+
+
+AuthDep = Annotated[AuthContext, Depends(authenticate)]
+
+
+async def current_user(auth: AuthDep) -> UserInfo:
+    return auth.user
 
 
 UserDep = Annotated[UserInfo, Depends(current_user)]
 
 
-async def admin_user(user: UserDep) -> UserInfo:
-    if not user.is_admin:
+async def admin_user(auth: AuthDep, runtime: RuntimeDep) -> UserInfo:
+    if not auth.user.is_admin:
         raise DomainError("admin role required", ErrorCode.FORBIDDEN)
-    return user
+    if not _allows(auth.scopes, "admin"):
+        raise DomainError("this API key lacks the 'admin' scope", ErrorCode.INSUFFICIENT_SCOPE)
+    if runtime.settings.require_admin_2fa and auth.via == "jwt" and not auth.totp_enabled:
+        raise DomainError(
+            "administrators must enable two-factor authentication first (/api/v1/auth/2fa)",
+            ErrorCode.FORBIDDEN,
+        )
+    return auth.user
 
 
 AdminDep = Annotated[UserInfo, Depends(admin_user)]
+
+
+async def super_admin_user(user: AdminDep) -> UserInfo:
+    if user.role != "SUPER_ADMIN":
+        raise DomainError("super-admin role required", ErrorCode.FORBIDDEN)
+    return user
+
+
+SuperAdminDep = Annotated[UserInfo, Depends(super_admin_user)]
 
 
 def client_ip(request: Request) -> str | None:
