@@ -182,16 +182,58 @@ def user_create(
     ],
     admin: Annotated[bool, typer.Option("--admin", help="make the user an ADMIN")] = False,
     user_id: Annotated[str | None, typer.Option("--id", help="user id (default generated)")] = None,
+    role: Annotated[
+        str | None, typer.Option(help="USER, ADMIN or SUPER_ADMIN (overrides --admin)")
+    ] = None,
 ) -> None:
     """Create a user (the first user of a deployment is an ADMIN)."""
 
     async def work(runtime: Any) -> Any:
         return await runtime.accounts.create_user(
-            username, password, role="ADMIN" if admin else None, user_id=user_id
+            username,
+            password,
+            role=role.upper() if role else ("ADMIN" if admin else None),
+            user_id=user_id,
         )
 
     user = _with_runtime(work)
     console.print(f"created user [bold]{user.username}[/bold] id={user.id} role={user.role}")
+
+
+@user_app.command("set-role")
+def user_set_role(
+    user: Annotated[str, typer.Argument(help="user id or username")],
+    role: Annotated[str, typer.Argument(help="USER, ADMIN or SUPER_ADMIN")],
+) -> None:
+    """Change a user's role (for the operator of the machine: this is how the first
+    SUPER_ADMIN is made). Ends the user's sessions."""
+    from trading_backend.storage.models import User
+    from trading_backend.storage.repositories import add_audit, find_user
+
+    role = role.upper()
+    if role not in ("USER", "ADMIN", "SUPER_ADMIN"):
+        _fail("role must be USER, ADMIN or SUPER_ADMIN", "VALIDATION_ERROR")
+
+    async def work(runtime: Any) -> str:
+        async with runtime.db() as session, session.begin():
+            row = await find_user(session, user)
+            if row is None:
+                raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+            row = await session.get(User, row.id)
+            row.role = role
+            await add_audit(
+                session,
+                "admin.user_changed",
+                user_id=None,
+                target=row.id,
+                data={"role": role, "by": "cli"},
+            )
+            user_id = str(row.id)
+        await runtime.auth_sessions.revoke_all(user_id, "role_changed")
+        return user_id
+
+    changed = _with_runtime(work)
+    console.print(f"user {changed} is now {role}")
 
 
 @user_app.command("list")

@@ -7,11 +7,14 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from trading_backend import __version__
 from trading_backend.api.errors import install_error_handlers
-from trading_backend.api.routers import auth, brokers, health
+from trading_backend.api.routers import admin, auth, brokers, health
+from trading_backend.api.security import RateLimitMiddleware, SecurityHeadersMiddleware
 from trading_backend.logging import configure_logging, correlation_id, new_correlation_id
 from trading_backend.manager import multi_user_broker_manager
 from trading_backend.runtime import Runtime
@@ -76,9 +79,25 @@ def create_app(
     )
     if runtime is not None:
         app.state.runtime = runtime
+    effective = runtime.settings if runtime is not None else (settings or get_settings())
     app.add_middleware(CorrelationIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, production=effective.is_production)
+    app.add_middleware(RateLimitMiddleware, settings=effective)
+    origins = [o.strip() for o in effective.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", CORRELATION_HEADER],
+            expose_headers=[CORRELATION_HEADER, "Retry-After"],
+        )
+    hosts = [h.strip() for h in effective.allowed_hosts.split(",") if h.strip()]
+    if hosts and hosts != ["*"]:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(brokers.router)
+    app.include_router(admin.router)
     return app
