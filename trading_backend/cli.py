@@ -323,6 +323,29 @@ def keys_generate() -> None:
     console.print(f"JWT_SECRET_KEY={secrets.token_urlsafe(48)}")
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    batch: Annotated[int, typer.Option(help="rows re-encrypted per transaction")] = 200,
+) -> None:
+    """Re-encrypt every stored secret under the newest MASTER_ENCRYPTION_KEY (the first of
+    the comma-separated list). Safe to interrupt and run again."""
+    from rich.progress import Progress
+
+    from trading_backend.accounts.key_rotation import count_secrets, rotate_secrets
+
+    async def work(runtime: Any) -> Any:
+        total = await count_secrets(runtime.db)
+        with Progress(console=console) as bar:
+            task = bar.add_task("re-encrypting secrets", total=total)
+            return await rotate_secrets(
+                runtime.db, runtime.vault, batch=batch, progress=lambda n: bar.advance(task, n)
+            )
+
+    report = _with_runtime(work)
+    detail = ", ".join(f"{table}: {n}" for table, n in report.rotated.items())
+    console.print(f"re-encrypted {report.total} secrets under the newest key ({detail})")
+
+
 # -- API client commands -------------------------------------------------------------------------
 class _Api:
     def __init__(

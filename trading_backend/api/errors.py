@@ -71,9 +71,11 @@ def install_error_handlers(app: FastAPI) -> None:
         extra = getattr(exc, "extra", {}) or {}
         if exc.details and "details" not in extra:
             extra = {**extra, "details": _jsonable(exc.details)}
-        headers = (
+        headers: dict[str, str] | None = (
             {"WWW-Authenticate": "Bearer"} if exc.code is ErrorCode.NOT_AUTHENTICATED else None
         )
+        if "retry_after" in exc.details:
+            headers = {**(headers or {}), "Retry-After": str(exc.details["retry_after"])}
         return JSONResponse(
             error_body(exc.code.value, exc.message, **extra),
             status_code=status_for(exc.code),
