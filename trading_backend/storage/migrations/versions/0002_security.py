@@ -5,10 +5,10 @@ Revises: 0001
 Create Date: 2026-11-25 06:58:51.717712
 """
 
-from alembic import op
 import sqlalchemy as sa
-import trading_backend.storage.types
+from alembic import op
 
+import trading_backend.storage.types
 
 revision = "0002"
 down_revision = "0001"
