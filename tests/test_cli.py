@@ -40,6 +40,9 @@ COMMANDS = [
     ["keys", "generate"],
     ["user", "list"],
     ["broker", "list"],
+    ["api-key", "create"],
+    ["api-key", "list"],
+    ["api-key", "revoke"],
 ]
 
 
@@ -219,3 +222,26 @@ def test_user_and_broker_commands(env: dict[str, str]) -> None:
     assert "c1" in listed.stdout and "XYZSECRET" not in listed.stdout
     missing = cli("broker", "add", "--user", "nobody", "--name", "x", env=env)
     assert missing.returncode == 1 and "USER_NOT_FOUND" in missing.stderr
+
+
+def test_api_key_commands(env: dict[str, str]) -> None:
+    for name in ("root", "dave"):  # the first user is an ADMIN; dave is a USER
+        assert cli("user", "create", name, "--password", "long-enough-pw", env=env).returncode == 0
+    created = cli(
+        "api-key", "create", "--user", "dave", "--name", "bot", "--scope", "trade", env=env
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("tb_")
+    key_id = created.stdout.split("created API key ")[1].split()[0]
+    listed = cli("api-key", "list", "--user", "dave", env=env)
+    assert key_id in listed.stdout and "active" in listed.stdout
+    assert key not in listed.stdout and key.split("_")[1] in listed.stdout  # prefix only
+    assert cli("api-key", "revoke", key_id, "--user", "dave", env=env).returncode == 0
+    assert "revoked" in cli("api-key", "list", "--user", "dave", env=env).stdout
+    other = cli("api-key", "revoke", key_id, "--user", "nobody", env=env)
+    assert other.returncode == 1 and "USER_NOT_FOUND" in other.stderr
+    admin_scope = cli(
+        "api-key", "create", "--user", "dave", "--name", "x", "--scope", "admin", env=env
+    )
+    assert admin_scope.returncode == 1 and "FORBIDDEN" in admin_scope.stderr

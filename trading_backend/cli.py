@@ -31,11 +31,15 @@ user_app = typer.Typer(help="Users.", no_args_is_help=True)
 broker_app = typer.Typer(help="Broker account configs.", no_args_is_help=True)
 order_app = typer.Typer(help="Orders (through a running server's API).", no_args_is_help=True)
 keys_app = typer.Typer(help="Secrets.", no_args_is_help=True)
+api_key_app = typer.Typer(
+    help="API keys of a user (for programs and webhooks).", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(broker_app, name="broker")
 app.add_typer(order_app, name="order")
 app.add_typer(keys_app, name="keys")
+app.add_typer(api_key_app, name="api-key")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -392,6 +396,79 @@ Token = Annotated[
     str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@api_key_app.command("create")
+def api_key_create(
+    user: Annotated[str, typer.Option("--user", help="user id or username")],
+    name: Annotated[str, typer.Option("--name", help="what the key is for")],
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="read, trade or admin (repeatable)")
+    ] = None,
+    expires_days: Annotated[
+        float | None, typer.Option("--expires-days", help="expire after this many days")
+    ] = None,
+) -> None:
+    """Create an API key; the key is printed once and never again."""
+    from datetime import UTC, datetime, timedelta
+
+    async def work(runtime: Any) -> Any:
+        owner = await runtime.accounts.resolve_user(user)
+        if owner is None:
+            raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+        expires = (
+            datetime.now(UTC) + timedelta(days=expires_days) if expires_days is not None else None
+        )
+        return await runtime.api_keys.create(owner, name, scope or ["read"], expires_at=expires)
+
+    created = _with_runtime(work)
+    console.print(
+        f"created API key {created.info.id} scopes={','.join(created.info.scopes)}"
+        f" expires={created.info.expires_at or 'never'}"
+    )
+    console.print("store it now, it is not shown again:")
+    print(created.key)
+
+
+@api_key_app.command("list")
+def api_key_list(user: Annotated[str, typer.Option("--user", help="user id or username")]) -> None:
+    """List a user's API keys (prefixes only, never the keys)."""
+
+    async def work(runtime: Any) -> Any:
+        owner = await runtime.accounts.resolve_user(user)
+        if owner is None:
+            raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+        return await runtime.api_keys.list(owner.id)
+
+    table = Table("id", "name", "prefix", "scopes", "expires", "last used", "state")
+    for key in _with_runtime(work):
+        table.add_row(
+            key.id,
+            key.name,
+            key.prefix,
+            ",".join(key.scopes),
+            str(key.expires_at or "-"),
+            str(key.last_used_at or "-"),
+            "active" if key.active else ("revoked" if key.revoked_at else "expired"),
+        )
+    console.print(table)
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="key id (from api-key list)")],
+    user: Annotated[str, typer.Option("--user", help="user id or username")],
+) -> None:
+    """Revoke a user's API key at once."""
+
+    async def work(runtime: Any) -> Any:
+        owner = await runtime.accounts.resolve_user(user)
+        if owner is None:
+            raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+        return await runtime.api_keys.revoke(owner.id, key_id)
+
+    revoked = _with_runtime(work)
+    console.print(f"revoked API key {revoked.id}")
 
 
 def _order_table(orders: list[dict[str, Any]]) -> Table:
