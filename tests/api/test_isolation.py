@@ -20,6 +20,11 @@ PUBLIC_OR_SELF = {
     ("/api/v1/auth/me", "get"),
     ("/api/v1/brokers/admin/status", "get"),  # role-guarded; no ids
 }
+# Routes guarded by role (403 for a USER whatever the id): the permission matrix test in
+# tests/security covers them.
+ROLE_GUARDED_PREFIX = "/api/v1/admin/"
+# Path parameters that name shared things (instruments), not something a user owns.
+NOT_OWNED = {"symbol", "underlying"}
 
 
 def _body(path: str, method: str, alice: Account) -> dict[str, Any] | None:
@@ -64,23 +69,31 @@ async def test_other_users_ids_are_not_found_on_every_route(
         headers=alice.headers,
     )
     order_id = resting.json()["order_id"]
-    ids = {"config_id": alice.config_id, "order_id": order_id, "symbol": "TCS"}
+    key = await client.post(
+        "/api/v1/auth/api-keys",
+        json={"name": "alice bot", "scopes": ["read"]},
+        headers=alice.headers,
+    )
+    key_id = key.json()["key_id"]
+    ids = {"config_id": alice.config_id, "order_id": order_id, "symbol": "TCS", "key_id": key_id}
 
     schema = (await client.get("/openapi.json")).json()
     checked = 0
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            if (path, method) in PUBLIC_OR_SELF:
+            if (path, method) in PUBLIC_OR_SELF or path.startswith(ROLE_GUARDED_PREFIX):
                 continue
             params = {p["name"]: p for p in operation.get("parameters", [])}
             body = _body(path, method, alice)
             uses_id = (
-                bool(re.search(r"\{(config_id|order_id)\}", path))
+                bool(set(re.findall(r"\{(\w+)\}", path)) - NOT_OWNED)
                 or "config_id" in params
                 or (body is not None and "config_id" in body)
             )
             if not uses_id:
                 continue
+            unknown = set(re.findall(r"\{(\w+)\}", path)) - set(ids) - NOT_OWNED
+            assert not unknown, f"give the isolation walk an id of Alice's for {unknown} ({path})"
             url = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], path)
             query = {"config_id": alice.config_id} if "config_id" in params else None
             response = await client.request(
@@ -96,7 +109,10 @@ async def test_other_users_ids_are_not_found_on_every_route(
     assert mine.status_code == 200 and mine.json()["status"] == "OPEN"
     assert len((await client.get("/api/v1/brokers/sessions", headers=alice.headers)).json()) == 1
     assert len((await client.get("/api/v1/brokers/configs", headers=alice.headers)).json()) == 1
+    keys = (await client.get("/api/v1/auth/api-keys", headers=alice.headers)).json()
+    assert [k["key_id"] for k in keys if k["active"]] == [key_id]
     # And Bob's own listings show nothing of Alice's.
+    assert (await client.get("/api/v1/auth/api-keys", headers=bob.headers)).json() == []
     assert (await client.get("/api/v1/brokers/orders", headers=bob.headers)).json() == []
     assert (await client.get("/api/v1/brokers/trades", headers=bob.headers)).json() == []
     assert [
