@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,6 +41,8 @@ COMMANDS = [
     ["keys", "generate"],
     ["user", "list"],
     ["broker", "list"],
+    ["user", "unlock"],
+    ["user", "logout-all"],
     ["api-key", "create"],
     ["api-key", "list"],
     ["api-key", "revoke"],
@@ -245,3 +248,52 @@ def test_api_key_commands(env: dict[str, str]) -> None:
         "api-key", "create", "--user", "dave", "--name", "x", "--scope", "admin", env=env
     )
     assert admin_scope.returncode == 1 and "FORBIDDEN" in admin_scope.stderr
+
+
+def test_unlock_and_logout_all(env: dict[str, str], tmp_path: Path) -> None:
+    import asyncio
+
+    from cryptography.fernet import Fernet
+
+    from tests.conftest import make_settings
+    from trading_backend.domain import DomainError
+    from trading_backend.runtime import Runtime
+
+    database = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    secrets = {"master_encryption_key": Fernet.generate_key().decode(), "jwt_secret_key": "x" * 40}
+    env.update(DATABASE_URL=database, **{k.upper(): v for k, v in secrets.items()})
+    assert cli("user", "create", "erin", "--password", "long-enough-pw", env=env).returncode == 0
+
+    async def with_runtime(work: Any) -> Any:
+        runtime = Runtime(make_settings(tmp_path, database, **secrets))
+        await runtime.start(worker=False, market=False, health_monitor=False)
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.stop()
+
+    async def lock(runtime: Runtime) -> str:
+        for _ in range(runtime.logins.max_failures):
+            with pytest.raises(DomainError):
+                await runtime.logins.login("erin", "wrong-password")
+        with pytest.raises(DomainError) as locked:
+            await runtime.logins.login("erin", "long-enough-pw")
+        return locked.value.code.value
+
+    async def login(runtime: Runtime) -> str:
+        _, pair = await runtime.logins.login("erin", "long-enough-pw")
+        return pair.refresh_token
+
+    async def refresh(runtime: Runtime, token: str) -> str:
+        try:
+            await runtime.auth_sessions.refresh(token)
+        except DomainError as exc:
+            return exc.code.value
+        return "refreshed"
+
+    assert asyncio.run(with_runtime(lock)) == "ACCOUNT_LOCKED"
+    unlocked = cli("user", "unlock", "erin", env=env)
+    assert unlocked.returncode == 0 and "5 failed attempts" in unlocked.stdout
+    token = asyncio.run(with_runtime(login))
+    assert cli("user", "logout-all", "erin", env=env).returncode == 0
+    assert asyncio.run(with_runtime(lambda rt: refresh(rt, token))) == "TOKEN_REVOKED"

@@ -240,6 +240,48 @@ def user_set_role(
     console.print(f"user {changed} is now {role}")
 
 
+@user_app.command("logout-all")
+def user_logout_all(user: Annotated[str, typer.Argument(help="user id or username")]) -> None:
+    """End every login session of a user (refresh and access tokens stop working)."""
+    from trading_backend.storage.repositories import add_audit
+
+    async def work(runtime: Any) -> str:
+        found = await runtime.accounts.resolve_user(user)
+        if found is None:
+            raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+        await runtime.auth_sessions.revoke_all(found.id, "operator")
+        async with runtime.db() as session, session.begin():
+            await add_audit(
+                session, "auth.logout_all", user_id=None, target=found.id, data={"by": "cli"}
+            )
+        return str(found.username)
+
+    console.print(f"ended every session of {_with_runtime(work)}")
+
+
+@user_app.command("unlock")
+def user_unlock(user: Annotated[str, typer.Argument(help="username")]) -> None:
+    """Lift a login lock-out: forget the account's failed login attempts."""
+    from sqlalchemy import delete
+
+    from trading_backend.storage.models import LoginAttemptRow
+    from trading_backend.storage.repositories import add_audit
+
+    async def work(runtime: Any) -> int:
+        async with runtime.db() as session, session.begin():
+            result = await session.execute(
+                delete(LoginAttemptRow).where(
+                    LoginAttemptRow.username == user, LoginAttemptRow.success.is_(False)
+                )
+            )
+            await add_audit(
+                session, "admin.user_unlocked", user_id=None, target=user, data={"by": "cli"}
+            )
+            return int(result.rowcount or 0)
+
+    console.print(f"unlocked {user} ({_with_runtime(work)} failed attempts forgotten)")
+
+
 @user_app.command("list")
 def user_list() -> None:
     """List users (no secrets)."""

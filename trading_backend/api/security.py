@@ -3,7 +3,8 @@
 Rate limits (``limits``; Redis storage when REDIS_URL is set so every API instance shares
 the counters, memory otherwise):
 
-* ``/api/v1/auth/*`` POSTs (login, register, refresh): per client IP, RATE_LIMIT_AUTH.
+* POSTs that check a password, refresh token or 2FA code (login, register, refresh,
+  password, 2fa confirm/disable/recovery-codes): per client IP, RATE_LIMIT_AUTH.
 * order placement, modification and cancellation: per user or API key, RATE_LIMIT_ORDERS.
 * every other ``/api/`` route: per user or API key (per IP when anonymous), RATE_LIMIT_API.
 
@@ -37,6 +38,20 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
+# Endpoints that check a password, a refresh token or a 2FA code: the per-IP auth limit
+# keeps guessing slow.
+GUESSABLE_PATHS = frozenset(
+    "/api/v1/auth/" + name
+    for name in (
+        "login",
+        "register",
+        "refresh",
+        "password",
+        "2fa/confirm",
+        "2fa/disable",
+        "2fa/recovery-codes",
+    )
+)
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 
 
@@ -87,16 +102,7 @@ class RateLimitMiddleware:
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         checks: list[tuple[RateLimitItem, str]] = []
-        if (
-            path.startswith("/api/v1/auth/")
-            and method == "POST"
-            and path.rsplit("/", 1)[-1]
-            in (
-                "login",
-                "register",
-                "refresh",
-            )
-        ):
+        if path.startswith("/api/v1/auth/") and method == "POST" and path in GUESSABLE_PATHS:
             checks.append((self.auth_limit, "ip:" + ip))
         else:
             identity = self._identity(scope) or "ip:" + ip
