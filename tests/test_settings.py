@@ -40,3 +40,17 @@ def test_database_urls_get_async_drivers(tmp_path: Path) -> None:
 def test_key_lists_are_newest_first(tmp_path: Path) -> None:
     s = settings(tmp_path, master_encryption_key="new , old", jwt_secret_key="x")
     assert s.encryption_keys() == ["new", "old"]
+
+
+def test_env_example_names_only_real_settings() -> None:
+    """Every variable in env.example (set or commented out) is a setting, and the file loads."""
+    import re
+
+    example = Path(__file__).resolve().parents[1] / "env.example"
+    names = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example.read_text(), re.MULTILINE))
+    known = {
+        (field.validation_alias or name).upper() for name, field in Settings.model_fields.items()
+    }
+    assert names and names <= known, names - known
+    loaded = Settings(_env_file=str(example))  # type: ignore[call-arg]
+    assert loaded.access_token_minutes == 15 and loaded.rate_limit_orders == "20/second"
