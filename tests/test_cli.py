@@ -42,6 +42,7 @@ COMMANDS = [
     ["user", "list"],
     ["broker", "list"],
     ["user", "unlock"],
+    ["user", "reset-2fa"],
     ["user", "logout-all"],
     ["api-key", "create"],
     ["api-key", "list"],
@@ -297,3 +298,19 @@ def test_unlock_and_logout_all(env: dict[str, str], tmp_path: Path) -> None:
     token = asyncio.run(with_runtime(login))
     assert cli("user", "logout-all", "erin", env=env).returncode == 0
     assert asyncio.run(with_runtime(lambda rt: refresh(rt, token))) == "TOKEN_REVOKED"
+
+    async def enable_2fa(runtime: Runtime) -> bool:
+        import pyotp
+
+        user = await runtime.accounts.resolve_user("erin")
+        enrolment = await runtime.two_factor.enrol(user.id)
+        await runtime.two_factor.confirm(user.id, pyotp.TOTP(enrolment.secret).now())
+        with pytest.raises(DomainError) as needed:
+            await runtime.logins.login("erin", "long-enough-pw")
+        assert needed.value.code.value == "TOTP_REQUIRED"
+        return bool(await runtime.two_factor.is_enabled(user.id))
+
+    assert asyncio.run(with_runtime(enable_2fa))
+    reset = cli("user", "reset-2fa", "erin", env=env)
+    assert reset.returncode == 0 and "reset" in reset.stdout
+    assert asyncio.run(with_runtime(login))  # the password alone logs in again

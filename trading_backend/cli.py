@@ -282,6 +282,26 @@ def user_unlock(user: Annotated[str, typer.Argument(help="username")]) -> None:
     console.print(f"unlocked {user} ({_with_runtime(work)} failed attempts forgotten)")
 
 
+@user_app.command("reset-2fa")
+def user_reset_2fa(user: Annotated[str, typer.Argument(help="user id or username")]) -> None:
+    """Turn a user's two-factor authentication off (lost phone, no recovery code left) and
+    end their sessions; they log in with the password alone and enrol again."""
+
+    async def work(runtime: Any) -> tuple[str, bool]:
+        found = await runtime.accounts.resolve_user(user)
+        if found is None:
+            raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
+        had = await runtime.two_factor.reset(found.id, by="cli")
+        await runtime.auth_sessions.revoke_all(found.id, "2fa_reset")
+        return str(found.username), had
+
+    name, had = _with_runtime(work)
+    console.print(
+        f"two-factor authentication of {name} {'reset' if had else 'was not enabled'};"
+        " sessions ended"
+    )
+
+
 @user_app.command("list")
 def user_list() -> None:
     """List users (no secrets)."""

@@ -270,17 +270,23 @@ async def add_audit(
     ip: str | None = None,
     correlation_id: str | None = None,
 ) -> None:
-    session.add(
-        AuditLogRow(
-            user_id=user_id,
-            action=action,
-            target=target,
-            data=data or {},
-            ip=ip,
-            correlation_id=correlation_id,
-            created_at=utcnow(),
-        )
+    """Record an audit row in the session's transaction. It joins the tamper-evident hash
+    chain when the transaction commits (see ``accounts/audit.py``) and vanishes if it rolls
+    back. Secret-looking keys in ``data`` are redacted; a missing ``correlation_id`` is taken
+    from the current request or job."""
+    # Imported here: audit.py must not depend on this module's import order.
+    from trading_backend.accounts import audit
+
+    row: AuditLogRow = audit.stage(
+        session,
+        action,
+        user_id=user_id,
+        target=target,
+        data=data,
+        ip=ip,
+        correlation_id=correlation_id,
     )
+    del row  # inserted, chained and hashed at commit
 
 
 async def find_user(session: AsyncSession, id_or_username: str) -> User | None:

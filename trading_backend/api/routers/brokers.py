@@ -177,7 +177,7 @@ async def list_orders(
     config_id: Annotated[str | None, Query(max_length=64)] = None,
     status: OrderStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Order book, newest first."""
     async with runtime.db() as session:
@@ -256,7 +256,7 @@ async def list_trades(
     runtime: RuntimeDep,
     config_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Trade book (executions), newest first."""
     async with runtime.db() as session:
