@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trading_backend.accounts import audit_cli
 from trading_backend.domain import DomainError, ErrorCode
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(order_app, name="order")
 app.add_typer(keys_app, name="keys")
 app.add_typer(api_key_app, name="api-key")
+app.add_typer(audit_cli.app, name="audit")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -500,7 +502,7 @@ def api_key_list(user: Annotated[str, typer.Option("--user", help="user id or us
         owner = await runtime.accounts.resolve_user(user)
         if owner is None:
             raise DomainError(f"user {user!r} not found", ErrorCode.USER_NOT_FOUND)
-        return await runtime.api_keys.list(owner.id)
+        return await runtime.api_keys.list_keys(owner.id)
 
     table = Table("id", "name", "prefix", "scopes", "expires", "last used", "state")
     for key in _with_runtime(work):

@@ -157,7 +157,7 @@ class ApiKeyService:
             )
         return CreatedApiKey(info=_info(row), key=key)
 
-    async def list(self, user_id: str) -> list[ApiKeyInfo]:
+    async def list_keys(self, user_id: str) -> list[ApiKeyInfo]:
         async with self._db() as session:
             rows = await session.scalars(
                 select(ApiKeyRow)

@@ -77,7 +77,9 @@ def list_(
         )
 
     rows = cli._with_runtime(work)
-    table = Table("id", "time", "user", "action", "target", "ip", "correlation", "data")
+    table = Table()
+    for column in ("id", "time", "user", "action", "target", "ip", "correlation", "data"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             str(row.id),

@@ -13,7 +13,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from trading_backend import __version__
 from trading_backend.api.errors import install_error_handlers
-from trading_backend.api.routers import admin, api_keys, auth, brokers, health, two_factor
+from trading_backend.api.routers import admin, api_keys, audit, auth, brokers, health, two_factor
 from trading_backend.api.security import RateLimitMiddleware, SecurityHeadersMiddleware
 from trading_backend.logging import configure_logging, correlation_id, new_correlation_id
 from trading_backend.manager import multi_user_broker_manager
@@ -102,4 +102,5 @@ def create_app(
     app.include_router(api_keys.router)
     app.include_router(brokers.router)
     app.include_router(admin.router)
+    app.include_router(audit.router)
     return app

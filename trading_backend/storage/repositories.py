@@ -22,7 +22,6 @@ from trading_backend.domain import (
     Validity,
 )
 from trading_backend.storage.models import (
-    AuditLogRow,
     BrokerConfig,
     OrderEventRow,
     OrderRow,
@@ -277,7 +276,7 @@ async def add_audit(
     # Imported here: audit.py must not depend on this module's import order.
     from trading_backend.accounts import audit
 
-    row: AuditLogRow = audit.stage(
+    audit.stage(
         session,
         action,
         user_id=user_id,
@@ -285,8 +284,7 @@ async def add_audit(
         data=data,
         ip=ip,
         correlation_id=correlation_id,
-    )
-    del row  # inserted, chained and hashed at commit
+    )  # inserted, chained and hashed at commit
 
 
 async def find_user(session: AsyncSession, id_or_username: str) -> User | None:

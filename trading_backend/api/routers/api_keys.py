@@ -83,7 +83,7 @@ async def create_api_key(
 
 @router.get("", response_model=list[ApiKeyOut])
 async def list_api_keys(auth: AuthDep, runtime: RuntimeDep) -> list[dict[str, object]]:
-    return [_out(info) for info in await runtime.api_keys.list(auth.user.id)]
+    return [_out(info) for info in await runtime.api_keys.list_keys(auth.user.id)]
 
 
 @router.delete("/{key_id}", response_model=ApiKeyOut)
