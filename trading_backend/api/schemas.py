@@ -21,28 +21,10 @@ from trading_backend.domain import (
 Price = Decimal
 
 
-class Credentials(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
-
-
-class TokenOut(BaseModel):
-    access_token: str
-    token_type: str = "bearer"
-    expires_in: int
-    user_id: str
-    role: str
-
-
 class UserOut(BaseModel):
     user_id: str
     username: str
     role: str
-
-
-class RegisterOut(TokenOut):
-    username: str
 
 
 class ConfigIn(BaseModel):
