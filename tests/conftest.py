@@ -25,11 +25,24 @@ from trading_backend.storage.models import Base
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_URL = os.environ.get("TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("TEST_REDIS_URL")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if REQUIRE_SERVICES and not PG_URL:
         raise pytest.UsageError("REQUIRE_SERVICES=1 but TEST_DATABASE_URL is not set")
+    if REQUIRE_SERVICES and not REDIS_URL:
+        raise pytest.UsageError("REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """TEST_REDIS_URL; tests that need Redis skip without it (fail under REQUIRE_SERVICES)."""
+    if not REDIS_URL:
+        if REQUIRE_SERVICES:
+            pytest.fail("Redis required (REQUIRE_SERVICES=1) but TEST_REDIS_URL is not set")
+        pytest.skip("Redis tests need TEST_REDIS_URL")
+    return REDIS_URL
 
 
 def _backends() -> list[str]:

@@ -3,12 +3,18 @@ tampering, lock-out and back-off, registration mode, rate limits, security heade
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 
+from tests.conftest import make_settings
 from tests.security.support import PASSWORD, ClientFactory, bearer, register
+from trading_backend.api.app import create_app
+from trading_backend.runtime import Runtime
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_family(make_client: ClientFactory) -> None:
@@ -250,3 +256,37 @@ async def test_cors_and_trusted_hosts(make_client: ClientFactory) -> None:
         assert "access-control-allow-origin" not in foreign.headers
         wrong_host = await client.get("/health", headers={"Host": "evil.example"})
         assert wrong_host.status_code == 400
+
+
+async def test_rate_limits_are_shared_through_redis(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    """Two API instances on one Redis count one budget: what one spent, the other refuses."""
+    # A fresh client address per run, so counters left in Redis by earlier runs don't count.
+    address = f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+    settings = make_settings(
+        tmp_path, database_url, redis_url=redis_url, rate_limit_auth="3/minute"
+    )
+    runtime = Runtime(settings)
+    await runtime.start(worker=False, market=False, health_monitor=False)
+    try:
+        instances = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(
+                    app=create_app(runtime=runtime), client=(address, 4000 + n)
+                ),
+                base_url="http://test",
+            )
+            for n in range(2)
+        ]
+        wrong = {"username": "nobody", "password": "not-the-password"}
+        codes = []
+        for n in range(4):
+            response = await instances[n % 2].post("/api/v1/auth/login", json=wrong)
+            codes.append(response.status_code)
+        assert codes == [401, 401, 401, 429]
+        assert response.json()["error_code"] == "RATE_LIMITED"
+        for client in instances:
+            await client.aclose()
+    finally:
+        await runtime.stop()
