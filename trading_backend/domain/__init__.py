@@ -5,6 +5,7 @@ every other layer depends on it, never the reverse.
 """
 
 from trading_backend.domain.balances import Balance
+from trading_backend.domain.bars import Bar, Timeframe
 from trading_backend.domain.enums import (
     Exchange,
     InstrumentType,
@@ -22,6 +23,7 @@ from trading_backend.domain.positions import Position
 
 __all__ = [
     "Balance",
+    "Bar",
     "BrokerOrder",
     "DomainError",
     "ErrorCode",
@@ -37,5 +39,6 @@ __all__ = [
     "OrderType",
     "Position",
     "ProductType",
+    "Timeframe",
     "Validity",
 ]

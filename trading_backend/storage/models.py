@@ -185,6 +185,8 @@ class OrderRow(Base):
     price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
     trigger_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
     tag: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The strategy that placed the order, if any (no foreign key: history outlives it).
+    strategy_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     status: Mapped[str] = mapped_column(String(20))
     filled_quantity: Mapped[int] = mapped_column(Integer, default=0)
     average_price: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
@@ -313,3 +315,67 @@ class BrokerStateRow(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CandleRow(Base):
+    """Historical bars, cached per broker: fetched once, read many times, importable and
+    exportable as CSV."""
+
+    __tablename__ = "candles"
+    __table_args__ = (
+        UniqueConstraint(
+            "broker", "exchange", "symbol", "timeframe", "start", name="uq_candles_bar"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    broker: Mapped[str] = mapped_column(String(32))
+    exchange: Mapped[str] = mapped_column(String(8))
+    symbol: Mapped[str] = mapped_column(String(64))
+    timeframe: Mapped[str] = mapped_column(String(4))
+    start: Mapped[datetime] = mapped_column(UTCDateTime)
+    open: Mapped[Decimal] = mapped_column(Money)
+    high: Mapped[Decimal] = mapped_column(Money)
+    low: Mapped[Decimal] = mapped_column(Money)
+    close: Mapped[Decimal] = mapped_column(Money)
+    volume: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StrategyRow(Base):
+    """A user's strategy instance: its kind, validated parameters, the broker config it
+    trades on, its lifecycle status and its persisted state (so a restart resumes it)."""
+
+    __tablename__ = "strategies"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name", name="uq_strategies_user_name"),
+        Index("ix_strategies_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    config_id: Mapped[str] = mapped_column(ForeignKey("broker_configs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="STOPPED")
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class StrategySignalRow(Base):
+    """The strategy's log: signals it generated, orders it sent, errors it hit."""
+
+    __tablename__ = "strategy_signals"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    strategy_id: Mapped[str] = mapped_column(
+        ForeignKey("strategies.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # signal | order | error | info
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
