@@ -1,0 +1,1 @@
+"""Market data: instruments, option pricing, bars, candles, shared subscriptions."""

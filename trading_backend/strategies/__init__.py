@@ -1,0 +1,1 @@
+"""The strategy engine: the strategy contract, the runner, built-in strategies."""
