@@ -26,6 +26,7 @@ from trading_backend.brokers.paper import SimulatedMarket
 from trading_backend.brokers.sessions import BrokerSessionManager
 from trading_backend.domain.calendar import next_session_close
 from trading_backend.execution.locks import KeyedLocks
+from trading_backend.execution.order_feed import OrderFeed
 from trading_backend.execution.order_service import OrderService
 from trading_backend.execution.queue import EmbeddedQueue
 from trading_backend.execution.recorder import OrderRecorder
@@ -43,6 +44,7 @@ from trading_backend.storage.state_store import DatabaseStateStore
 if TYPE_CHECKING:
     from trading_backend.accounts.api_keys import ApiKeyService
     from trading_backend.accounts.two_factor import TwoFactorService
+    from trading_backend.marketdata.hub import MarketHub
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +75,7 @@ class Runtime:
             market=self.market, state_store=DatabaseStateStore(self.db)
         )
         self.locks = KeyedLocks()
+        self.order_feed = OrderFeed()
         self.recorder = OrderRecorder(self.db, self.locks)
         self.sessions = BrokerSessionManager(
             self.db, self.vault, self.broker_context, on_update=self.recorder.handle_update
@@ -104,6 +107,13 @@ class Runtime:
         from trading_backend.accounts.api_keys import ApiKeyService
 
         return ApiKeyService(self.db)
+
+    @cached_property
+    def market_hub(self) -> MarketHub:
+        """Shared, reference-counted market subscriptions (strategies, WebSockets)."""
+        from trading_backend.marketdata.hub import MarketHub
+
+        return MarketHub(self.market)
 
     async def _second_factor(self, user_id: str, code: str, ip: str | None) -> None:
         await self.two_factor.verify_second_factor(user_id, code, ip=ip)

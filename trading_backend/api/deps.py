@@ -48,24 +48,22 @@ def _allows(scopes: frozenset[str], needed: str) -> bool:
     return any(SCOPE_RANK.get(s, -1) >= SCOPE_RANK[needed] for s in scopes)
 
 
-async def authenticate(
-    request: Request,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
+async def resolve_auth(
+    runtime: Runtime, token: str | None, api_key: str | None, method: str, path: str
 ) -> AuthContext:
+    """The caller behind a bearer token or an API key (HTTP requests and WebSockets)."""
     if api_key:
         from trading_backend.accounts.api_keys import required_scope
 
         user, scopes = await runtime.api_keys.authenticate(api_key)
-        needed = required_scope(request.method, request.url.path)
+        needed = required_scope(method, path)
         if not _allows(frozenset(scopes), needed):
             raise DomainError(
                 f"this API key lacks the {needed!r} scope", ErrorCode.INSUFFICIENT_SCOPE
             )
-        context = AuthContext(user=user, via="api_key", scopes=frozenset(scopes))
-    elif credentials is not None and credentials.scheme.lower() == "bearer":
-        claims = runtime.tokens.verify(credentials.credentials)
+        return AuthContext(user=user, via="api_key", scopes=frozenset(scopes))
+    if token:
+        claims = runtime.tokens.verify(token)
         async with runtime.db() as session:
             row = await session.get(User, claims.user_id)
         if row is None or not row.is_active:
@@ -76,15 +74,28 @@ async def authenticate(
         if claims.session_id and await runtime.auth_sessions.is_revoked(claims.session_id):
             raise DomainError("this session was revoked; log in again", ErrorCode.TOKEN_REVOKED)
         user = UserInfo(id=row.id, username=row.username, role=row.role)
-        context = AuthContext(
+        return AuthContext(
             user=user,
             via="jwt",
             scopes=frozenset(SCOPE_RANK),
             session_id=claims.session_id,
             totp_enabled=row.totp_enabled,
         )
-    else:
-        raise DomainError("missing bearer token or API key", ErrorCode.NOT_AUTHENTICATED)
+    raise DomainError("missing bearer token or API key", ErrorCode.NOT_AUTHENTICATED)
+
+
+async def authenticate(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> AuthContext:
+    token = (
+        credentials.credentials
+        if credentials is not None and credentials.scheme.lower() == "bearer"
+        else None
+    )
+    context = await resolve_auth(runtime, token, api_key, request.method, request.url.path)
     request.state.auth = context
     return context
 

@@ -1,0 +1,49 @@
+"""Live order updates per user, for WebSocket clients and anything else that listens.
+
+The recorder publishes every committed order change here; listeners register for one user
+and only ever see that user's orders. Publishing never waits on a slow listener: each
+callback is expected to queue and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from trading_backend.domain import Order
+
+log = structlog.get_logger(__name__)
+
+OrderListener = Callable[[Order], Awaitable[None]]
+
+
+class OrderFeed:
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[OrderListener]] = {}
+
+    def subscribe(self, user_id: str, listener: OrderListener) -> Callable[[], None]:
+        """Register ``listener`` for ``user_id``'s orders; returns the unsubscribe call."""
+        self._listeners.setdefault(user_id, []).append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(user_id, [])
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners:
+                self._listeners.pop(user_id, None)
+
+        return unsubscribe
+
+    def listeners(self, user_id: str) -> int:
+        return len(self._listeners.get(user_id, ()))
+
+    async def publish(self, order: Order) -> None:
+        for listener in list(self._listeners.get(order.user_id, ())):
+            try:
+                await listener(order)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("order_listener_failed", user_id=order.user_id)
