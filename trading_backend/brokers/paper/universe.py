@@ -19,6 +19,29 @@ Conventions (documented because tests rely on them):
   the next month's contract is listed instead. Lot sizes: NIFTY 75, BANKNIFTY 35.
   A future is priced as its index times ``1 + basis`` where the basis is a cost-of-carry
   premium (6.5% a year pro rata to the days left, at least 0.05%).
+* Index options (``CE``/``PE`` on NFO, lot sizes as for futures, tick ₹0.05) are listed
+  only when asked for: ``default_universe(today, options=True)`` or ``index_options``
+  (a ``SimulatedMarket`` built without an explicit instrument list includes them). Opt-in
+  because they are 248 more instruments (a tick costs about eight times as much) and
+  because they quote wider than the two-tick spread the other instruments keep. They
+  follow the current NSE calendar (SEBI's F&O rules, in force since November 2024, and
+  NSE's move of index expiries to Tuesday from September 2025):
+
+  - NIFTY has weekly expiries every Tuesday. Listed: the next two weekly expiries (today
+    counts while it is an expiry day) plus the current monthly expiry (the month's last
+    Tuesday, rolled to next month once passed) when it is not already one of them.
+  - BANKNIFTY has no weekly options any more (SEBI allows each exchange one weekly
+    index contract; NSE kept NIFTY's, and the last BANKNIFTY weekly expired in November
+    2024), so only its monthly expiry is listed.
+  - Exchange holidays, which move an expiry to the previous trading day, are not modelled.
+  - Strikes: ``OPTION_STRIKES_EACH_SIDE`` (15) strikes either side of the at-the-money
+    strike of the index's initial price, in steps of 50 (NIFTY) or 100 (BANKNIFTY).
+  - Symbols follow Angel One's trading symbols (the same for weekly and monthly):
+    ``<UNDERLYING><DD><MON><YY><STRIKE><CE|PE>``, for example ``NIFTY02DEC2526000CE``.
+  - An option spec has ``option_of`` set to its index's key; the market reprices it from
+    the index on every tick with Black-Scholes and a volatility smile (see
+    ``trading_backend.marketdata.options``). Its initial price is that model's value at
+    09:15 IST on ``today``.
 * BTCUSDT and ETHUSDT are ``SPOT`` on ``Exchange.CRYPTO`` with tick 0.01 and 24x7 trading.
   Their quantities are whole coins (lot 1) until fractional quantities exist in the domain.
 """
@@ -26,22 +49,41 @@ Conventions (documented because tests rely on them):
 from __future__ import annotations
 
 import calendar
+import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from trading_backend.domain import Exchange, Instrument, InstrumentType
+from trading_backend.marketdata.options import (
+    IST,
+    VolSmile,
+    bs_price,
+    price_to_decimal,
+    time_to_expiry,
+)
 
 __all__ = [
     "FUTURES_LOT_SIZES",
+    "OPTION_STRIKES_EACH_SIDE",
+    "OPTION_STRIKE_STEPS",
+    "REVISED_LOT_SIZES",
     "InstrumentSpec",
+    "carry_inputs",
     "crypto_spot",
+    "current_expiry",
     "default_universe",
     "futures_symbol",
     "index_futures",
+    "index_lot_size",
+    "index_options",
     "indices",
     "last_tuesday",
     "nifty50_equities",
+    "option_expiries",
+    "option_forward",
+    "option_symbol",
+    "weekly_expiries",
 ]
 
 TICK = Decimal("0.05")
@@ -49,7 +91,25 @@ FINE_TICK = Decimal("0.01")
 FINE_TICK_BELOW = Decimal("250")
 CARRY_RATE = Decimal("0.065")  # annual cost of carry used for the futures basis
 MIN_BASIS = Decimal("0.0005")
-FUTURES_LOT_SIZES: dict[str, int] = {"NIFTY": 75, "BANKNIFTY": 35}
+FUTURES_LOT_SIZES: dict[str, int] = {"NIFTY": 75, "BANKNIFTY": 35}  # expiries up to Dec 2025
+# NSE circular of Oct 2025: contracts expiring from January 2026 trade in smaller lots.
+REVISED_LOT_SIZES: dict[str, int] = {"NIFTY": 65, "BANKNIFTY": 30}
+LOT_REVISION_FIRST_EXPIRY = date(2026, 1, 1)
+
+
+def index_lot_size(underlying: str, expiry: date) -> int:
+    """The lot size of an index derivative, which depends on its expiry: 75/35 up to the
+    December 2025 contracts, 65/30 (NIFTY/BANKNIFTY) from the January 2026 expiry on."""
+    if expiry >= LOT_REVISION_FIRST_EXPIRY:
+        return REVISED_LOT_SIZES[underlying]
+    return FUTURES_LOT_SIZES[underlying]
+
+
+OPTION_STRIKE_STEPS: dict[str, int] = {"NIFTY": 50, "BANKNIFTY": 100}
+OPTION_STRIKES_EACH_SIDE = 15
+WEEKLY_OPTIONS = frozenset({"NIFTY"})  # underlyings that still have weekly expiries
+WEEKLY_EXPIRIES_LISTED = 2
+SESSION_OPEN = time(9, 15)  # NSE; option specs' initial prices are valued at this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +118,10 @@ class InstrumentSpec:
 
     ``underlying_key`` and ``basis`` make the instrument a derivative priced from another
     spec (``price = underlying * (1 + basis)``) instead of following its own random walk.
+    ``option_of`` instead makes it an option priced from that spec with a Black-Scholes
+    model; for options ``daily_volume`` is what the strike would trade if it were at the
+    money (the market scales it down with the distance from the money) and
+    ``annual_volatility`` is the smile's volatility at the initial price (informational).
     """
 
     instrument: Instrument
@@ -66,6 +130,7 @@ class InstrumentSpec:
     annual_volatility: float = 0.25
     underlying_key: str | None = None  # ``Instrument.key`` of the spec this one tracks
     basis: Decimal = Decimal("0")
+    option_of: str | None = None  # ``Instrument.key`` of an option's underlying index
 
     @property
     def key(self) -> str:
@@ -214,7 +279,7 @@ def index_futures(today: date | None = None) -> list[InstrumentSpec]:
             exchange=Exchange.NFO,
             instrument_type=InstrumentType.FUT,
             name=f"{index.instrument.name} futures {expiry:%b %Y}",
-            lot_size=FUTURES_LOT_SIZES[underlying],
+            lot_size=index_lot_size(underlying, expiry),
             tick_size=TICK,
             expiry=expiry,
             underlying=underlying,
@@ -251,10 +316,109 @@ def crypto_spot() -> list[InstrumentSpec]:
     ]
 
 
-def default_universe(today: date | None = None) -> list[InstrumentSpec]:
+# Option volume: units an at-the-money strike of the nearest expiry trades in a day
+# (per side), and the share of that the later expiries see, nearest first.
+_OPTION_ATM_VOLUME: dict[str, int] = {"NIFTY": 30_000_000, "BANKNIFTY": 5_000_000}
+_EXPIRY_VOLUME_SHARE: tuple[float, ...] = (1.0, 0.35, 0.2)
+
+
+def option_forward(spot: float, t: float) -> float:
+    """The paper market's forward: the futures' simple cost of carry, ``S (1 + carry t)``."""
+    return spot * (1.0 + float(CARRY_RATE) * t)
+
+
+def carry_inputs(t: float) -> tuple[float, float]:
+    """``(rate, dividend_yield)`` for ``bs_price`` matching ``option_forward``.
+
+    The rate is the carry constant (continuous); the yield ``q`` is chosen so that
+    ``S e^{(r - q) t} = S (1 + carry t)``, so the model's forward equals the one the
+    futures are priced with.
+    """
+    rate = float(CARRY_RATE)
+    if t <= 0.0:
+        return rate, rate
+    return rate, rate - math.log1p(rate * t) / t
+
+
+def weekly_expiries(today: date, count: int) -> list[date]:
+    """The next ``count`` Tuesdays from ``today`` (today included when it is a Tuesday)."""
+    first = today + timedelta(days=(calendar.TUESDAY - today.weekday()) % 7)
+    return [first + timedelta(weeks=i) for i in range(count)]
+
+
+def option_expiries(underlying: str, today: date) -> list[date]:
+    """Listed option expiries of ``underlying`` on ``today``, nearest first."""
+    monthly = current_expiry(today)
+    if underlying not in WEEKLY_OPTIONS:
+        return [monthly]
+    return sorted({*weekly_expiries(today, WEEKLY_EXPIRIES_LISTED), monthly})
+
+
+def option_symbol(underlying: str, expiry: date, strike: Decimal | int, option_type: str) -> str:
+    """Angel One style: ``NIFTY`` + 2025-12-02 + 26000 + ``CE`` -> ``NIFTY02DEC2526000CE``."""
+    value = Decimal(strike)
+    if value != value.to_integral_value():
+        raise ValueError(f"strike {strike} is not a whole number of rupees")
+    month = calendar.month_abbr[expiry.month].upper()
+    return f"{underlying}{expiry:%d}{month}{expiry:%y}{int(value)}{option_type}"
+
+
+def index_options(today: date | None = None) -> list[InstrumentSpec]:
+    """Option chains of NIFTY and BANKNIFTY (see the module docstring for the rules)."""
+    today = today or datetime.now(UTC).date()
+    valuation = datetime.combine(today, SESSION_OPEN, tzinfo=IST)
+    specs: list[InstrumentSpec] = []
+    for index in indices():
+        underlying = index.instrument.symbol
+        step = OPTION_STRIKE_STEPS[underlying]
+        spot = float(index.initial_price)
+        atm = round(spot / step) * step
+        strikes = [
+            atm + i * step for i in range(-OPTION_STRIKES_EACH_SIDE, OPTION_STRIKES_EACH_SIDE + 1)
+        ]
+        smile = VolSmile(atm_vol=index.annual_volatility)
+        for rank, expiry in enumerate(option_expiries(underlying, today)):
+            t = time_to_expiry(valuation, expiry)
+            forward = option_forward(spot, t)
+            rate, carry_yield = carry_inputs(t)
+            share = _EXPIRY_VOLUME_SHARE[min(rank, len(_EXPIRY_VOLUME_SHARE) - 1)]
+            for strike in strikes:
+                vol = smile.vol(strike, forward, t)
+                for option_type in (InstrumentType.CE, InstrumentType.PE):
+                    symbol = option_symbol(underlying, expiry, strike, option_type.value)
+                    value = bs_price(option_type, spot, strike, t, vol, rate, carry_yield)
+                    instrument = Instrument(
+                        symbol=symbol,
+                        exchange=Exchange.NFO,
+                        instrument_type=option_type,
+                        name=f"{index.instrument.name} {expiry:%d %b %Y} {strike} {option_type}",
+                        lot_size=index_lot_size(underlying, expiry),
+                        tick_size=TICK,
+                        expiry=expiry,
+                        strike=Decimal(strike),
+                        underlying=underlying,
+                    )
+                    specs.append(
+                        InstrumentSpec(
+                            instrument,
+                            price_to_decimal(value, TICK, minimum=TICK),
+                            round(_OPTION_ATM_VOLUME[underlying] * share),
+                            vol,
+                            option_of=index.key,
+                        )
+                    )
+    return specs
+
+
+def default_universe(today: date | None = None, *, options: bool = False) -> list[InstrumentSpec]:
     """Every instrument the paper exchange lists, in a stable order.
 
     Each instrument's random path is seeded from the market seed and its own key, so
-    adding instruments never changes the price paths of the existing ones.
+    adding instruments never changes the price paths of the existing ones. ``options``
+    adds the index option chains (``index_options``); they are opt-in because they
+    multiply the number of instruments (and so the cost of a tick) about sixfold.
     """
-    return [*indices(), *nifty50_equities(), *index_futures(today), *crypto_spot()]
+    specs = [*indices(), *nifty50_equities(), *index_futures(today), *crypto_spot()]
+    if options:
+        specs.extend(index_options(today))
+    return specs
