@@ -100,7 +100,10 @@ class OrderService:
         priority: Priority = Priority.NORMAL,
         wait: float = 0.0,
         ip: str | None = None,
+        strategy_id: str | None = None,
     ) -> OrderResult:
+        """``strategy_id``: the strategy placing the order (kept on the order row, so the
+        strategy's orders, fills and positions can be told apart from the user's own)."""
         if request.client_order_id:
             existing = await self._existing(user_id, request.client_order_id)
             if existing is not None:
@@ -118,6 +121,7 @@ class OrderService:
             async with self._db() as session, session.begin():
                 await self._require_config(session, user_id, config_id)
                 row = new_order_row(order, int(priority), cid)
+                row.strategy_id = strategy_id
                 session.add(row)
                 await session.flush()
                 add_event(
@@ -146,6 +150,7 @@ class OrderService:
                         "side": order.side.value,
                         "quantity": order.quantity,
                         "order_type": order.order_type.value,
+                        **({"strategy_id": strategy_id} if strategy_id else {}),
                     },
                     ip=ip,
                     correlation_id=cid,

@@ -36,6 +36,11 @@ class OrderRecorder:
         """Called with the new order state after every committed change (WebSocket push)."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: OrderListener) -> None:
+        """Forget a listener added with ``add_listener`` (no error if it is not there)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def _notify(self, order: Order) -> None:
         for listener in self._listeners:
             try:

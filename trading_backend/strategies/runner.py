@@ -1,0 +1,517 @@
+"""The strategy runner: runs every started strategy, each on its own queue and task.
+
+Lifecycle of one strategy (``StrategyRow.status``)::
+
+    STOPPED --start_strategy--> RUNNING --stop_strategy--> STOPPED
+                                   |
+                                   +-- a callback raised --> ERROR (start again to retry)
+
+Each running strategy has an ``asyncio.Queue`` and one task that calls its callbacks one
+at a time (start, ticks, bars, order updates, stop), so a strategy never sees two events
+at once, and a slow or failing strategy never delays another. Market events come from the
+``MarketFeed`` (the callbacks only enqueue), order updates from the ``OrderRecorder``
+listener, routed to the strategy that placed the order. After every callback the
+strategy's ``ctx.state`` is persisted if it changed.
+
+A callback that raises: the strategy goes to ERROR with the error text saved, an ``error``
+entry (with the traceback summary) is added to its signal log, a ``strategy.failed`` audit
+row is written, a ``strategy_failed`` warning is logged (the alert), and its market
+subscriptions are closed. The other strategies go on.
+
+Two ways to stop, deliberately different:
+
+* ``stop_strategy(id)`` is the *user's* stop: ``on_stop`` runs and the status becomes
+  STOPPED, so the strategy stays stopped across restarts.
+* ``stop()`` is the *process* shutting down: every strategy's ``on_stop`` runs and its state
+  is saved, but its status stays RUNNING, so the next ``start()`` (the next process)
+  resumes it with its state restored before ``on_start``.
+
+Deployment: for now one runner owns every strategy (``start()`` resumes all RUNNING rows),
+so exactly one process may run a ``StrategyRunner`` against a database. Several runner
+processes would each resume every strategy and trade twice; sharding strategies across
+runners (with a lease per strategy) is a later production issue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from trading_backend.domain import Bar, DomainError, ErrorCode, Order
+from trading_backend.execution.order_service import OrderService
+from trading_backend.execution.recorder import OrderRecorder
+from trading_backend.storage.models import StrategyRow, StrategySignalRow, utcnow
+from trading_backend.storage.repositories import add_audit
+from trading_backend.strategies.base import BaseStrategy, TickView
+from trading_backend.strategies.context import RunnerContext, strategy_tag
+from trading_backend.strategies.ports import FeedHandle, MarketFeed, MarketReader
+from trading_backend.strategies.registry import StrategyRegistry
+
+log = structlog.get_logger(__name__)
+
+RUNNING = "RUNNING"
+STOPPED = "STOPPED"
+ERROR = "ERROR"
+
+_TRACEBACK_CHARS = 4000
+
+
+@dataclass(slots=True)
+class _Start:
+    done: asyncio.Future[str]
+
+
+@dataclass(slots=True)
+class _Stop:
+    status: str | None  # STOPPED (user stop) or None (process shutdown: status unchanged)
+    audit_user_id: str | None
+    done: asyncio.Future[str]
+
+
+@dataclass(slots=True)
+class _Callback:
+    kind: str  # tick | bar | order
+    payload: TickView | Bar | Order
+
+
+_Event = _Start | _Stop | _Callback
+
+
+@dataclass(eq=False)
+class _Running:
+    id: str
+    user_id: str
+    config_id: str
+    kind: str
+    strategy: BaseStrategy
+    ctx: RunnerContext
+    saved_state: str
+    queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
+    handles: list[FeedHandle] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    closed: bool = False
+    final_status: str = ERROR
+    pending: int = 0  # events queued and not yet handled
+    orders: set[str] = field(default_factory=set)
+
+    def put(self, event: _Event) -> bool:
+        if self.closed:
+            return False
+        self.pending += 1
+        self.queue.put_nowait(event)
+        return True
+
+    def done_one(self) -> None:
+        self.pending -= 1
+        self.queue.task_done()
+
+
+def _dump_state(state: dict[str, Any]) -> str:
+    return json.dumps(state, sort_keys=True, allow_nan=False)
+
+
+class StrategyRunner:
+    def __init__(
+        self,
+        db: async_sessionmaker[AsyncSession],
+        registry: StrategyRegistry,
+        feed: MarketFeed,
+        reader: MarketReader,
+        order_service: OrderService,
+        recorder: OrderRecorder,
+        *,
+        order_wait: float = 5.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._db = db
+        self.registry = registry
+        self.reader = reader
+        self._feed = feed
+        self._orders = order_service
+        self._recorder = recorder
+        self._order_wait = order_wait
+        self._clock = clock
+        self._running: dict[str, _Running] = {}
+        self._by_tag: dict[str, _Running] = {}
+        self._owners: dict[str, str] = {}  # order id -> strategy id
+        self._listening = False
+
+    # -- introspection -----------------------------------------------------------------
+    def is_running(self, strategy_id: str) -> bool:
+        return strategy_id in self._running
+
+    @property
+    def running_ids(self) -> list[str]:
+        return sorted(self._running)
+
+    def strategy(self, strategy_id: str) -> BaseStrategy | None:
+        """The live strategy object (tests and diagnostics)."""
+        running = self._running.get(strategy_id)
+        return running.strategy if running is not None else None
+
+    async def drain(self, *strategy_ids: str) -> None:
+        """Wait until every running strategy (or only those given) has handled every event
+        queued so far, and any events those callbacks caused (their own order updates).
+        Tests use it instead of sleeping."""
+        while True:
+            busy = [
+                r
+                for r in self._running.values()
+                if r.pending and (not strategy_ids or r.id in strategy_ids)
+            ]
+            if not busy:
+                return
+            await asyncio.gather(*(r.queue.join() for r in busy))
+
+    # -- process lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen to order updates and resume every strategy whose status is RUNNING."""
+        if not self._listening:
+            self._recorder.add_listener(self._on_order)
+            self._listening = True
+        async with self._db() as session:
+            rows = (
+                await session.scalars(
+                    select(StrategyRow)
+                    .where(StrategyRow.status == RUNNING)
+                    .order_by(StrategyRow.created_at, StrategyRow.id)
+                )
+            ).all()
+            snapshots = [_snapshot(row) for row in rows]
+        for snapshot in snapshots:
+            log.info("strategy_resuming", strategy_id=snapshot["id"], kind=snapshot["kind"])
+            await self._launch(snapshot)
+
+    async def stop(self) -> None:
+        """Process shutdown: ``on_stop`` for each strategy, state saved, status left RUNNING
+        so the next ``start()`` resumes them."""
+        waits = [self._request_stop(r, None, None) for r in list(self._running.values())]
+        await asyncio.gather(*waits, return_exceptions=True)
+        if self._listening:
+            self._recorder.remove_listener(self._on_order)
+            self._listening = False
+
+    # -- one strategy ------------------------------------------------------------------
+    async def start_strategy(self, strategy_id: str, *, audit_user_id: str | None = None) -> str:
+        """Mark the strategy RUNNING (with a ``strategy.started`` audit row when
+        ``audit_user_id`` is given), run ``on_start`` and subscribe; returns the resulting
+        status (RUNNING, or ERROR when loading or ``on_start`` failed). Idempotent."""
+        if strategy_id in self._running:
+            return RUNNING
+        async with self._db() as session, session.begin():
+            row = await session.get(StrategyRow, strategy_id)
+            if row is None:
+                raise DomainError(f"strategy {strategy_id!r} not found", ErrorCode.NOT_FOUND)
+            now = utcnow()
+            row.status = RUNNING
+            row.error = None
+            row.started_at = now
+            row.stopped_at = None
+            row.updated_at = now
+            if audit_user_id is not None:
+                await add_audit(
+                    session,
+                    "strategy.started",
+                    user_id=audit_user_id,
+                    target=strategy_id,
+                    data={"kind": row.kind, "config_id": row.config_id},
+                )
+            snapshot = _snapshot(row)
+        return await self._launch(snapshot)
+
+    async def stop_strategy(self, strategy_id: str, *, audit_user_id: str | None = None) -> str:
+        """The user's stop: ``on_stop``, unsubscribe, status STOPPED (with a
+        ``strategy.stopped`` audit row when ``audit_user_id`` is given). Returns the final
+        status (ERROR if ``on_stop`` raised). A strategy not running here is only marked
+        STOPPED if its row says RUNNING (ERROR and STOPPED rows are left as they are)."""
+        running = self._running.get(strategy_id)
+        if running is not None:
+            return await self._request_stop(running, STOPPED, audit_user_id)
+        async with self._db() as session, session.begin():
+            row = await session.get(StrategyRow, strategy_id)
+            if row is None:
+                return STOPPED
+            if row.status == RUNNING:
+                row.status = STOPPED
+                row.stopped_at = row.updated_at = utcnow()
+                if audit_user_id is not None:
+                    await add_audit(
+                        session, "strategy.stopped", user_id=audit_user_id, target=strategy_id
+                    )
+            return row.status
+
+    async def _request_stop(
+        self, running: _Running, status: str | None, audit_user_id: str | None
+    ) -> str:
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if not running.put(_Stop(status, audit_user_id, done)):
+            return running.final_status
+        return await done
+
+    async def _launch(self, snapshot: dict[str, Any]) -> str:
+        strategy_id = snapshot["id"]
+        if strategy_id in self._running:
+            return RUNNING
+        state = snapshot["state"] or {}
+        try:
+            cls = self.registry.get(snapshot["kind"])
+            params = cls.Params.model_validate(snapshot["params"] or {})
+            ctx = RunnerContext(
+                strategy_id=strategy_id,
+                user_id=snapshot["user_id"],
+                config_id=snapshot["config_id"],
+                db=self._db,
+                reader=self.reader,
+                order_service=self._orders,
+                state=json.loads(_dump_state(state)),
+                order_wait=self._order_wait,
+                on_order_placed=lambda order: self._own(strategy_id, order),
+                clock=self._clock,
+            )
+            strategy = cls(ctx, params)
+        except Exception as exc:  # noqa: BLE001 - recorded as the strategy's failure
+            await self._record_failure(snapshot["id"], snapshot["user_id"], exc, None)
+            return ERROR
+        running = _Running(
+            id=strategy_id,
+            user_id=snapshot["user_id"],
+            config_id=snapshot["config_id"],
+            kind=snapshot["kind"],
+            strategy=strategy,
+            ctx=ctx,
+            saved_state=_dump_state(ctx.state),
+        )
+        self._running[strategy_id] = running
+        self._by_tag[strategy_tag(strategy_id)] = running
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        running.put(_Start(done))
+        running.task = asyncio.create_task(self._run(running), name=f"strategy-{strategy_id}")
+        return await done
+
+    # -- the per-strategy task ---------------------------------------------------------
+    async def _run(self, running: _Running) -> None:
+        while True:
+            event = await running.queue.get()
+            try:
+                if isinstance(event, _Stop):
+                    await self._finish(running, event)
+                    return
+                await self._dispatch(running, event)
+                await self._persist_state(running)
+                if isinstance(event, _Start) and not event.done.done():
+                    event.done.set_result(RUNNING)
+            except asyncio.CancelledError:
+                self._close(running)
+                raise
+            except Exception as exc:  # noqa: BLE001 - one strategy's failure stops only it
+                await self._fail(running, exc)
+                if isinstance(event, _Start | _Stop) and not event.done.done():
+                    event.done.set_result(ERROR)
+                return
+            finally:
+                running.done_one()
+                if running.closed:
+                    self._flush(running)
+
+    async def _dispatch(self, running: _Running, event: _Start | _Callback) -> None:
+        strategy = running.strategy
+        if isinstance(event, _Start):
+            await strategy.on_start()
+            for subscription in strategy.subscriptions():
+                handle = await self._feed.subscribe(
+                    subscription, self._tick_sink(running), self._bar_sink(running)
+                )
+                running.handles.append(handle)
+            log.info("strategy_started", strategy_id=running.id, kind=running.kind)
+        elif event.kind == "tick":
+            assert isinstance(event.payload, TickView)
+            await strategy.on_tick(event.payload)
+        elif event.kind == "bar":
+            assert isinstance(event.payload, Bar)
+            await strategy.on_bar(event.payload)
+        elif event.kind == "order":
+            assert isinstance(event.payload, Order)
+            await strategy.on_order_update(event.payload)
+
+    def _tick_sink(self, running: _Running) -> Callable[[TickView], Any]:
+        async def on_tick(tick: TickView) -> None:
+            running.put(_Callback("tick", tick))
+
+        return on_tick
+
+    def _bar_sink(self, running: _Running) -> Callable[[Bar], Any]:
+        async def on_bar(bar: Bar) -> None:
+            running.put(_Callback("bar", bar))
+
+        return on_bar
+
+    async def _finish(self, running: _Running, event: _Stop) -> None:
+        """Stop (user) or shutdown (process): on_stop, unsubscribe, save state."""
+        try:
+            await running.strategy.on_stop()
+            state = _dump_state(running.ctx.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - on_stop failing is a failure too
+            await self._fail(running, exc)
+            if not event.done.done():
+                event.done.set_result(ERROR)
+            return
+        await self._close_handles(running)
+        running.final_status = event.status or RUNNING
+        self._close(running)
+        async with self._db() as session, session.begin():
+            row = await session.get(StrategyRow, running.id)
+            if row is not None:
+                row.state = json.loads(state)
+                row.updated_at = utcnow()
+                if event.status is not None:
+                    row.status = event.status
+                    row.stopped_at = row.updated_at
+                    if event.audit_user_id is not None:
+                        await add_audit(
+                            session,
+                            "strategy.stopped",
+                            user_id=event.audit_user_id,
+                            target=running.id,
+                        )
+        log.info(
+            "strategy_stopped" if event.status else "strategy_suspended",
+            strategy_id=running.id,
+        )
+        if not event.done.done():
+            event.done.set_result(event.status or RUNNING)
+
+    async def _persist_state(self, running: _Running) -> None:
+        dumped = _dump_state(running.ctx.state)  # TypeError/ValueError: not JSON -> failure
+        if dumped == running.saved_state:
+            return
+        async with self._db() as session, session.begin():
+            row = await session.get(StrategyRow, running.id)
+            if row is not None:
+                row.state = json.loads(dumped)
+                row.updated_at = utcnow()
+        running.saved_state = dumped
+
+    async def _fail(self, running: _Running, exc: BaseException) -> None:
+        self._close(running)
+        await self._close_handles(running)
+        try:
+            state: dict[str, Any] | None = json.loads(_dump_state(running.ctx.state))
+        except (TypeError, ValueError):
+            state = None
+        await self._record_failure(running.id, running.user_id, exc, state)
+
+    async def _record_failure(
+        self, strategy_id: str, user_id: str, exc: BaseException, state: dict[str, Any] | None
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.warning("strategy_failed", strategy_id=strategy_id, user_id=user_id, error=error)
+        try:
+            async with self._db() as session, session.begin():
+                row = await session.get(StrategyRow, strategy_id)
+                if row is None:
+                    return
+                now = utcnow()
+                row.status = ERROR
+                row.error = error
+                row.stopped_at = row.updated_at = now
+                if state is not None:
+                    row.state = state
+                session.add(
+                    StrategySignalRow(
+                        strategy_id=strategy_id,
+                        user_id=user_id,
+                        kind="error",
+                        data={"error": error, "traceback": summary[-_TRACEBACK_CHARS:]},
+                        created_at=now,
+                    )
+                )
+                await add_audit(
+                    session,
+                    "strategy.failed",
+                    user_id=user_id,
+                    target=strategy_id,
+                    data={"error": error[:500]},
+                )
+        except Exception:
+            log.exception("strategy_failure_not_recorded", strategy_id=strategy_id)
+
+    def _close(self, running: _Running) -> None:
+        """No more events for this strategy; forget it (its task ends by itself)."""
+        running.closed = True
+        if self._running.get(running.id) is running:
+            del self._running[running.id]
+        if self._by_tag.get(strategy_tag(running.id)) is running:
+            del self._by_tag[strategy_tag(running.id)]
+        for order_id in running.orders:
+            self._owners.pop(order_id, None)
+
+    async def _close_handles(self, running: _Running) -> None:
+        handles, running.handles = running.handles, []
+        for handle in handles:
+            try:
+                await handle.close()
+            except Exception:
+                log.exception("strategy_unsubscribe_failed", strategy_id=running.id)
+
+    @staticmethod
+    def _flush(running: _Running) -> None:
+        """Drop what is still queued for a closed strategy (so ``drain`` never waits on it),
+        answering any start/stop request among it."""
+        while True:
+            try:
+                event = running.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if isinstance(event, _Start | _Stop) and not event.done.done():
+                event.done.set_result(running.final_status)
+            running.done_one()
+
+    # -- order updates -----------------------------------------------------------------
+    def _own(self, strategy_id: str, order: Order) -> None:
+        running = self._running.get(strategy_id)
+        if running is not None and not order.status.is_final:
+            self._owners[order.order_id] = strategy_id
+            running.orders.add(order.order_id)
+
+    def _on_order(self, order: Order) -> None:
+        """Recorder listener (called after each committed order change): route the order
+        to the strategy that placed it. Orders are recognised by id once ``place_order``
+        returned, and by the strategy's tag before that (the update can come first)."""
+        running: _Running | None = None
+        owner = self._owners.get(order.order_id)
+        if owner is not None:
+            running = self._running.get(owner)
+        if running is None and order.tag:
+            running = self._by_tag.get(order.tag)
+        if running is None or running.user_id != order.user_id:
+            return
+        if order.status.is_final:
+            self._owners.pop(order.order_id, None)
+            running.orders.discard(order.order_id)
+        else:
+            self._owners[order.order_id] = running.id
+            running.orders.add(order.order_id)
+        running.put(_Callback("order", order))
+
+
+def _snapshot(row: StrategyRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "user_id": row.user_id,
+        "config_id": row.config_id,
+        "kind": row.kind,
+        "params": dict(row.params or {}),
+        "state": dict(row.state or {}),
+    }
