@@ -1,7 +1,8 @@
 """The runtime: builds every service from the settings and runs the background tasks.
 
 One ``Runtime`` per process. ``serve`` runs it with everything embedded (API, order worker,
-simulated market, session health monitor); ``worker`` runs only the worker part.
+simulated market, session health monitor, strategy runner); ``worker`` runs only the
+worker part, ``strategies run`` only the strategy runner (with the market it needs).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from trading_backend.accounts.api_keys import ApiKeyService
     from trading_backend.accounts.two_factor import TwoFactorService
     from trading_backend.marketdata.hub import MarketHub
+    from trading_backend.marketdata.reader import MarketDataReader
+    from trading_backend.strategies.registry import StrategyRegistry
+    from trading_backend.strategies.runner import StrategyRunner
+    from trading_backend.strategies.service import StrategyService
 
 log = structlog.get_logger(__name__)
 
@@ -70,13 +75,14 @@ class Runtime:
             ip_max_failures=settings.login_ip_max_failures,
             ip_window_minutes=settings.login_ip_window_minutes,
         )
-        self.market = SimulatedMarket(seed=settings.market_seed)
+        self.market = SimulatedMarket(seed=settings.market_seed, smiles=settings.option_smiles())
         self.broker_context = BrokerContext(
             market=self.market, state_store=DatabaseStateStore(self.db)
         )
         self.locks = KeyedLocks()
         self.order_feed = OrderFeed()
         self.recorder = OrderRecorder(self.db, self.locks)
+        self.recorder.add_listener(self.order_feed.publish)
         self.sessions = BrokerSessionManager(
             self.db, self.vault, self.broker_context, on_update=self.recorder.handle_update
         )
@@ -93,8 +99,12 @@ class Runtime:
             concurrency=settings.worker_concurrency,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._runner_task: asyncio.Task[Any] | None = None
         self._stop = asyncio.Event()
         self.started = False
+        # Whether this process hosts the strategies (see ``strategies.runner``); decided
+        # in ``start`` before anything touches ``strategy_runner``.
+        self.hosts_strategies = False
 
     @cached_property
     def two_factor(self) -> TwoFactorService:
@@ -115,6 +125,43 @@ class Runtime:
 
         return MarketHub(self.market)
 
+    @cached_property
+    def market_reader(self) -> MarketDataReader:
+        """Quotes, recent bars and option chains for strategies."""
+        from trading_backend.marketdata.reader import MarketDataReader
+
+        return MarketDataReader(self.market, self.market_hub)
+
+    @cached_property
+    def strategy_registry(self) -> StrategyRegistry:
+        """Built-ins, entry-point strategies and ``STRATEGIES_DIR``."""
+        from trading_backend.strategies.registry import StrategyRegistry
+
+        return StrategyRegistry(self.settings.strategies_dir)
+
+    @cached_property
+    def strategy_runner(self) -> StrategyRunner:
+        """Hosting in the process that runs strategies; elsewhere start and stop only
+        change the row and the hosting process's sync loop acts on it."""
+        from trading_backend.strategies.runner import StrategyRunner
+
+        return StrategyRunner(
+            self.db,
+            self.strategy_registry,
+            self.market_hub,
+            self.market_reader,
+            self.orders,
+            self.recorder,
+            order_wait=self.settings.order_wait_seconds,
+            hosting=self.hosts_strategies,
+        )
+
+    @cached_property
+    def strategies(self) -> StrategyService:
+        from trading_backend.strategies.service import StrategyService
+
+        return StrategyService(self.db, self.strategy_registry, self.strategy_runner)
+
     async def _second_factor(self, user_id: str, code: str, ip: str | None) -> None:
         await self.two_factor.verify_second_factor(user_id, code, ip=ip)
 
@@ -132,9 +179,15 @@ class Runtime:
         worker: bool = True,
         market: bool = True,
         health_monitor: bool = True,
+        strategies: bool = False,
     ) -> None:
+        """``strategies``: host the strategy runner here (resume RUNNING strategies, then
+        follow start/stop requests from other processes)."""
         if self.started:
             return
+        if strategies and "strategy_runner" in self.__dict__:
+            raise RuntimeError("the strategy runner was built before start(strategies=True)")
+        self.hosts_strategies = strategies
         if migrate:
             await upgrade_database(self.engine)
         if worker:
@@ -154,6 +207,12 @@ class Runtime:
             self._spawn(
                 self.sessions.run_health_monitor(self.settings.health_check_seconds),
                 "session-health",
+            )
+        if strategies:
+            runner = self.strategy_runner
+            await runner.start()
+            self._runner_task = asyncio.create_task(
+                runner.run(self._stop, self.settings.strategy_sync_seconds), name="strategies"
             )
         self.started = True
         log.info("runtime_started", database=self.engine.url.render_as_string(hide_password=True))
@@ -179,6 +238,13 @@ class Runtime:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._runner_task is not None:
+            # Strategies stop first (on_stop, state saved) while orders still flow.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._runner_task, timeout=30)
+            self._runner_task = None
+        if "market_hub" in self.__dict__:
+            await self.market_hub.close()
         self.queue.notify()
         for task in self._tasks:
             task.cancel()

@@ -18,6 +18,8 @@ from cryptography.fernet import Fernet
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trading_backend.marketdata.options import VolSmile
+
 log = structlog.get_logger(__name__)
 
 SECRETS_FILE = "secrets.env"
@@ -80,6 +82,17 @@ class Settings(BaseSettings):
     worker_concurrency: int = 4
     embedded_worker: bool = True  # run an order worker inside ``serve``
     health_check_seconds: float = 30.0
+
+    # Strategies
+    embedded_strategies: bool = True  # host the strategy runner inside ``serve``
+    strategies_dir: Path | None = None  # extra strategy modules (*.py) to load
+    strategy_sync_seconds: float = Field(default=2.0, gt=0)  # pick up starts/stops by others
+
+    # Paper option prices: Black-Scholes on a quadratic smile, per index ATM volatility
+    option_atm_vol_nifty: float = Field(default=0.13, gt=0, le=2)
+    option_atm_vol_banknifty: float = Field(default=0.15, gt=0, le=2)
+    option_smile_skew: float = -0.5
+    option_smile_curvature: float = Field(default=4.0, ge=0)
     create_demo_user: bool = True
 
     @field_validator("database_url")
@@ -96,6 +109,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'trading.db').resolve()}"
+
+    def option_smiles(self) -> dict[str, VolSmile]:
+        """The paper market's volatility smile per index."""
+        return {
+            name: VolSmile(
+                atm_vol=atm, skew=self.option_smile_skew, curvature=self.option_smile_curvature
+            )
+            for name, atm in (
+                ("NIFTY", self.option_atm_vol_nifty),
+                ("BANKNIFTY", self.option_atm_vol_banknifty),
+            )
+        }
 
     def encryption_keys(self) -> list[str]:
         """MASTER_ENCRYPTION_KEY may hold several comma-separated keys, newest first."""

@@ -40,6 +40,10 @@ def _body(path: str, method: str, alice: Account) -> dict[str, Any] | None:
         return {"config_id": alice.config_id, "order": order}
     if path.endswith("/brokers/add"):
         return {"config_id": alice.config_id}
+    if path == "/api/v1/strategies" and method == "post":
+        return {"name": "bob's", "kind": "dca", "config_id": alice.config_id}
+    if method == "patch":
+        return {"name": "renamed by bob"}
     if method == "put":
         return {"quantity": 2}
     return None
@@ -75,7 +79,21 @@ async def test_other_users_ids_are_not_found_on_every_route(
         headers=alice.headers,
     )
     key_id = key.json()["key_id"]
-    ids = {"config_id": alice.config_id, "order_id": order_id, "symbol": "TCS", "key_id": key_id}
+    strategy = await client.post(
+        "/api/v1/strategies",
+        json={"name": "alice dca", "kind": "dca", "config_id": alice.config_id},
+        headers=alice.headers,
+    )
+    assert strategy.status_code == 201, strategy.text
+    strategy_id = strategy.json()["strategy_id"]
+    ids = {
+        "config_id": alice.config_id,
+        "order_id": order_id,
+        "symbol": "TCS",
+        "underlying": "NIFTY",
+        "key_id": key_id,
+        "strategy_id": strategy_id,
+    }
 
     schema = (await client.get("/openapi.json")).json()
     checked = 0
@@ -108,6 +126,9 @@ async def test_other_users_ids_are_not_found_on_every_route(
     mine = await client.get(f"/api/v1/brokers/orders/{order_id}", headers=alice.headers)
     assert mine.status_code == 200 and mine.json()["status"] == "OPEN"
     assert len((await client.get("/api/v1/brokers/sessions", headers=alice.headers)).json()) == 1
+    kept = await client.get(f"/api/v1/strategies/{strategy_id}", headers=alice.headers)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["name"] == "alice dca" and kept.json()["status"] == "STOPPED"
     assert len((await client.get("/api/v1/brokers/configs", headers=alice.headers)).json()) == 1
     keys = (await client.get("/api/v1/auth/api-keys", headers=alice.headers)).json()
     assert [k["key_id"] for k in keys if k["active"]] == [key_id]

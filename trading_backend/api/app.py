@@ -13,7 +13,18 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from trading_backend import __version__
 from trading_backend.api.errors import install_error_handlers
-from trading_backend.api.routers import admin, api_keys, audit, auth, brokers, health, two_factor
+from trading_backend.api.routers import (
+    admin,
+    api_keys,
+    audit,
+    auth,
+    brokers,
+    health,
+    market,
+    strategies,
+    two_factor,
+    ws,
+)
 from trading_backend.api.security import RateLimitMiddleware, SecurityHeadersMiddleware
 from trading_backend.logging import configure_logging, correlation_id, new_correlation_id
 from trading_backend.manager import multi_user_broker_manager
@@ -63,6 +74,7 @@ def create_app(
                 worker=rt.settings.embedded_worker and start_background,
                 market=start_background,
                 health_monitor=start_background,
+                strategies=rt.settings.embedded_strategies and start_background,
             )
         await multi_user_broker_manager.initialize(runtime=rt)
         try:
@@ -103,4 +115,7 @@ def create_app(
     app.include_router(brokers.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
+    app.include_router(market.router)
+    app.include_router(strategies.router)
+    app.include_router(ws.router)
     return app

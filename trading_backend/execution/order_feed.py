@@ -1,14 +1,14 @@
 """Live order updates per user, for WebSocket clients and anything else that listens.
 
-The recorder publishes every committed order change here; listeners register for one user
-and only ever see that user's orders. Publishing never waits on a slow listener: each
-callback is expected to queue and return.
+The recorder publishes every committed order change here (``publish`` is registered as a
+recorder listener); listeners register for one user and only ever see that user's orders.
+Publishing is synchronous and never waits on a slow listener: each callback queues the
+update and returns (a WebSocket connection's send queue, for one).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -16,7 +16,7 @@ from trading_backend.domain import Order
 
 log = structlog.get_logger(__name__)
 
-OrderListener = Callable[[Order], Awaitable[None]]
+OrderListener = Callable[[Order], None]
 
 
 class OrderFeed:
@@ -39,11 +39,9 @@ class OrderFeed:
     def listeners(self, user_id: str) -> int:
         return len(self._listeners.get(user_id, ()))
 
-    async def publish(self, order: Order) -> None:
+    def publish(self, order: Order) -> None:
         for listener in list(self._listeners.get(order.user_id, ())):
             try:
-                await listener(order)
-            except asyncio.CancelledError:
-                raise
+                listener(order)
             except Exception:
                 log.exception("order_listener_failed", user_id=order.user_id)

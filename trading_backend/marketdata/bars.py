@@ -323,6 +323,13 @@ class BarAggregator:
         self._by_key[state.key] = state
         return state
 
+    def forget(self, key: str) -> None:
+        """Drop an instrument's forming bars (nobody watches it any more: when watched
+        again its bars start afresh instead of spanning the unwatched gap)."""
+        state = self._by_key.pop(key, None)
+        if state is not None:
+            self._states = {k: v for k, v in self._states.items() if v is not state}
+
     def on_tick(
         self,
         symbol: str,

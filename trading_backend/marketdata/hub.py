@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 TickCallback = Callable[[TickView], Awaitable[None]]
 BarCallback = Callable[[Bar], Awaitable[None]]
+HISTORY_BARS = 500  # completed bars kept per instrument and timeframe for ``recent_bars``
 
 
 class Upstream(Protocol):
@@ -103,6 +105,8 @@ class MarketHub:
         self._aggregator = BarAggregator(list(Timeframe))
         self._lock = asyncio.Lock()
         self._attached = False
+        # Completed bars of watched instruments, newest last, for ``recent_bars``.
+        self._history: dict[tuple[str, Timeframe], deque[Bar]] = {}
 
     # -- subscriptions -------------------------------------------------------------------
     def refcount(self, key: str) -> int:
@@ -150,6 +154,9 @@ class MarketHub:
                 ids.discard(consumer_id)
                 if not ids:
                     del self._by_key[consumer.key]
+                    self._aggregator.forget(consumer.key)
+                    for timeframe in Timeframe:
+                        self._history.pop((consumer.key, timeframe), None)
                     await self.upstream.unsubscribe(consumer.key)
 
     async def close(self) -> None:
@@ -166,6 +173,25 @@ class MarketHub:
         exchange = Exchange(exchange)
         return self._aggregator.current(f"{exchange.value}:{symbol}", timeframe)
 
+    def recent_bars(
+        self, symbol: str, exchange: Exchange | str, timeframe: Timeframe, count: int
+    ) -> list[Bar]:
+        """The last ``count`` completed bars the hub aggregated (oldest first). The hub
+        only aggregates instruments somebody watches, and keeps ``HISTORY_BARS`` per
+        timeframe; older history comes from the candle store."""
+        if count <= 0:
+            return []
+        bars = self._history.get((f"{Exchange(exchange).value}:{symbol}", timeframe))
+        return list(bars)[-count:] if bars else []
+
+    def _remember(self, bars: list[Bar]) -> None:
+        for bar in bars:
+            slot = (bar.key, bar.timeframe)
+            history = self._history.get(slot)
+            if history is None:
+                history = self._history[slot] = deque(maxlen=HISTORY_BARS)
+            history.append(bar)
+
     async def _on_quotes(self, quotes: Iterable[Quote]) -> None:
         if not self._by_key:
             return
@@ -178,6 +204,8 @@ class MarketHub:
             bars = self._aggregator.on_tick(
                 quote.symbol, quote.exchange, quote.ltp, quote.tick_volume, quote.timestamp
             )
+            if bars:
+                self._remember(bars)
             view: TickView | None = None
             for consumer_id in list(ids):
                 consumer = self._consumers.get(consumer_id)
@@ -189,7 +217,10 @@ class MarketHub:
                 await self._deliver_bars(consumer, bars)
         if latest is not None:
             # Bars whose window ended without a tick after it (quiet instruments).
-            await self._fan_out(self._aggregator.flush(latest))
+            flushed = self._aggregator.flush(latest)
+            if flushed:
+                self._remember(flushed)
+                await self._fan_out(flushed)
 
     async def _fan_out(self, bars: list[Bar]) -> None:
         for bar in bars:

@@ -26,15 +26,20 @@ Two ways to stop, deliberately different:
   is saved, but its status stays RUNNING, so the next ``start()`` (the next process)
   resumes it with its state restored before ``on_start``.
 
-Deployment: for now one runner owns every strategy (``start()`` resumes all RUNNING rows),
-so exactly one process may run a ``StrategyRunner`` against a database. Several runner
-processes would each resume every strategy and trade twice; sharding strategies across
-runners (with a lease per strategy) is a later production issue.
+Deployment: one *hosting* runner owns every strategy (``start()`` resumes all RUNNING
+rows), so exactly one process may host strategies against a database: ``serve`` (the
+default, ``EMBEDDED_STRATEGIES=true``) or ``trading-backend strategies run``. Other
+processes (API instances with ``EMBEDDED_STRATEGIES=false``, the CLI) build a runner with
+``hosting=False``: their start and stop only change the row, and the hosting runner's
+``sync()`` loop (every ``STRATEGY_SYNC_SECONDS``) launches or stops the strategy. Several
+hosting runners would each resume every strategy and trade twice; sharding strategies
+across runners (with a lease per strategy) is a later production issue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import traceback
 from collections.abc import Callable
@@ -131,8 +136,10 @@ class StrategyRunner:
         *,
         order_wait: float = 5.0,
         clock: Callable[[], datetime] | None = None,
+        hosting: bool = True,
     ) -> None:
         self._db = db
+        self.hosting = hosting
         self.registry = registry
         self.reader = reader
         self._feed = feed
@@ -191,6 +198,47 @@ class StrategyRunner:
             log.info("strategy_resuming", strategy_id=snapshot["id"], kind=snapshot["kind"])
             await self._launch(snapshot)
 
+    async def sync(self) -> None:
+        """Converge on the database: launch RUNNING rows that are not running here and
+        stop strategies whose row another process (API instance, CLI) stopped or
+        deleted. Their ``on_stop`` runs and their state is saved; the row's status is
+        left as that process set it."""
+        async with self._db() as session:
+            rows = (
+                await session.scalars(
+                    select(StrategyRow)
+                    .where(StrategyRow.status == RUNNING)
+                    .order_by(StrategyRow.created_at, StrategyRow.id)
+                )
+            ).all()
+            snapshots = [_snapshot(row) for row in rows if row.id not in self._running]
+            wanted = {row.id for row in rows}
+        for strategy_id, running in list(self._running.items()):
+            if strategy_id not in wanted:
+                log.info("strategy_stopped_elsewhere", strategy_id=strategy_id)
+                await self._request_stop(running, None, None)
+        for snapshot in snapshots:
+            log.info("strategy_launching", strategy_id=snapshot["id"], kind=snapshot["kind"])
+            await self._launch(snapshot)
+
+    async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
+        """The hosting loop, after ``start()``: ``sync()`` every ``interval`` seconds
+        until ``stop`` is set, then ``stop()`` (strategies stay RUNNING, to resume)."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                if stop.is_set():
+                    break
+                try:
+                    await self.sync()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("strategy_sync_failed")
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
         """Process shutdown: ``on_stop`` for each strategy, state saved, status left RUNNING
         so the next ``start()`` resumes them."""
@@ -226,6 +274,8 @@ class StrategyRunner:
                     data={"kind": row.kind, "config_id": row.config_id},
                 )
             snapshot = _snapshot(row)
+        if not self.hosting:
+            return RUNNING  # the hosting runner's sync() launches it
         return await self._launch(snapshot)
 
     async def stop_strategy(self, strategy_id: str, *, audit_user_id: str | None = None) -> str:
