@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,14 @@ log = structlog.get_logger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, risk: RiskCheck | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        risk: RiskCheck | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``clock``: the paper market's clock (tests drive time with it)."""
         self.settings = ensure_secrets(settings)
         self.engine: AsyncEngine = create_engine(settings.effective_database_url)
         self.db = session_factory(self.engine)
@@ -75,7 +82,9 @@ class Runtime:
             ip_max_failures=settings.login_ip_max_failures,
             ip_window_minutes=settings.login_ip_window_minutes,
         )
-        self.market = SimulatedMarket(seed=settings.market_seed, smiles=settings.option_smiles())
+        self.market = SimulatedMarket(
+            seed=settings.market_seed, smiles=settings.option_smiles(), clock=clock
+        )
         self.broker_context = BrokerContext(
             market=self.market, state_store=DatabaseStateStore(self.db)
         )
