@@ -50,6 +50,18 @@ COMMANDS = [
     ["api-key", "create"],
     ["api-key", "list"],
     ["api-key", "revoke"],
+    ["strategies"],
+    ["strategies", "kinds"],
+    ["strategies", "list"],
+    ["strategies", "create"],
+    ["strategies", "show"],
+    ["strategies", "update"],
+    ["strategies", "start"],
+    ["strategies", "stop"],
+    ["strategies", "delete"],
+    ["strategies", "performance"],
+    ["strategies", "logs"],
+    ["strategies", "run"],
 ]
 
 
@@ -201,6 +213,46 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
 
     status = cli("status", *api, env=env)
     assert status.returncode == 0 and '"total_sessions": 1' in status.stdout
+
+
+def test_strategies_commands(server: str, env: dict[str, str]) -> None:
+    api = ["--api-url", server]
+    kinds = cli("strategies", "kinds", *api, env=env)
+    assert kinds.returncode == 0, kinds.stdout + kinds.stderr
+    for kind in ("mean_reversion", "momentum", "options_selling", "futures_arbitrage", "grid"):
+        assert kind in kinds.stdout
+
+    bad = cli(
+        "strategies", "create", "x", "--kind", "dca", "--config-id", "demo-paper",
+        "--param", "amount=-5", *api, env=env,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "VALIDATION_ERROR" in bad.stderr, bad.stdout + bad.stderr
+
+    created = cli(
+        "strategies", "create", "btc dca", "--kind", "dca", "--config-id", "demo-paper",
+        "--param", "interval_bars=4", "--param", "timeframe=1m", *api, env=env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    strategy = json.loads(created.stdout)
+    strategy_id = strategy["strategy_id"]
+    assert strategy["params"]["interval_bars"] == 4 and strategy["status"] == "STOPPED"
+
+    started = cli("strategies", "start", strategy_id, *api, env=env)
+    assert started.returncode == 0 and "RUNNING" in started.stdout, started.stdout + started.stderr
+    listed = cli("strategies", "list", *api, env=env)
+    assert strategy_id in listed.stdout and "RUNNING" in listed.stdout
+    perf = cli("strategies", "performance", strategy_id, *api, env=env)
+    assert perf.returncode == 0 and "net_pnl" in perf.stdout, perf.stdout + perf.stderr
+    stopped = cli("strategies", "stop", strategy_id, *api, env=env)
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout
+    updated = cli("strategies", "update", strategy_id, "--name", "renamed", *api, env=env)
+    assert updated.returncode == 0 and json.loads(updated.stdout)["name"] == "renamed"
+    logs = cli("strategies", "logs", strategy_id, *api, env=env)
+    assert logs.returncode == 0, logs.stderr
+    deleted = cli("strategies", "delete", strategy_id, *api, env=env)
+    assert deleted.returncode == 0 and "deleted" in deleted.stdout
+    missing = cli("strategies", "show", strategy_id, *api, env=env)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 
 
 def test_user_and_broker_commands(env: dict[str, str]) -> None:

@@ -1,7 +1,8 @@
 """The ``trading-backend`` command line.
 
-Server-side commands (serve, worker, db, user, broker, keys) work on the database
-directly. Trading commands (order, status) talk to a running server's REST API, logging in
+Server-side commands (serve, worker, strategies run, db, user, broker, keys, audit) work
+on the database directly. Trading commands (order, strategies, status) talk to a running
+server's REST API, logging in
 with --username/--password (or TB_USERNAME/TB_PASSWORD, or the demo credentials in the
 data directory).
 """
@@ -21,6 +22,7 @@ from rich.table import Table
 
 from trading_backend.accounts import audit_cli
 from trading_backend.domain import DomainError, ErrorCode
+from trading_backend.strategies import cli as strategies_cli
 
 app = typer.Typer(
     help="Multi-user, multi-broker algorithmic trading backend.",
@@ -42,6 +44,7 @@ app.add_typer(order_app, name="order")
 app.add_typer(keys_app, name="keys")
 app.add_typer(api_key_app, name="api-key")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(strategies_cli.app, name="strategies")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -98,7 +101,8 @@ def serve(
         typer.Option("--demo/--no-demo", help="create the demo user (default: in development)"),
     ] = None,
 ) -> None:
-    """Run the API server with the embedded worker, paper market and health monitor."""
+    """Run the API server with the embedded worker, paper market, health monitor and
+    strategy runner (EMBEDDED_WORKER / EMBEDDED_STRATEGIES turn the last ones off)."""
     import uvicorn
 
     from trading_backend.api.app import create_app
