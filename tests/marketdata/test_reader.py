@@ -4,6 +4,7 @@ option chains from the market; unknown names are clear errors."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -41,10 +42,20 @@ class History:
         bars = []
         for i in range(count, 0, -1):
             start = before - timeframe.duration * i
-            price = 100 + i
+            price = Decimal(100 + i)
             bars.append(
-                Bar(symbol, exchange, timeframe, start, start + timeframe.duration,
-                    price, price, price, price, 1)  # fmt: skip
+                Bar(
+                    symbol=symbol,
+                    exchange=exchange,
+                    timeframe=timeframe,
+                    start=start,
+                    end=start + timeframe.duration,
+                    open=price,
+                    high=price,
+                    low=price,
+                    close=price,
+                    volume=1,
+                )
             )
         return bars
 
