@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -237,7 +237,7 @@ class MarketHub:
                 await self._deliver(consumer, consumer.on_bar, bar)
 
     async def _deliver(
-        self, consumer: _Consumer, callback: Callable[[object], Awaitable[None]], event: object
+        self, consumer: _Consumer, callback: Callable[[Any], Awaitable[None]], event: object
     ) -> None:
         try:
             await callback(event)
