@@ -62,6 +62,9 @@ COMMANDS = [
     ["strategies", "performance"],
     ["strategies", "logs"],
     ["strategies", "run"],
+    ["data"],
+    ["data", "import"],
+    ["data", "export"],
 ]
 
 

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trading_backend import data_cli
 from trading_backend.accounts import audit_cli
 from trading_backend.domain import DomainError, ErrorCode
 from trading_backend.strategies import cli as strategies_cli
@@ -45,6 +46,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(api_key_app, name="api-key")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(strategies_cli.app, name="strategies")
+app.add_typer(data_cli.app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -60,5 +60,8 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        # Logs go to stderr: stdout is for command output (CSV, JSON) people pipe on.
+        # Looked up on each use, so a replaced sys.stderr (tests, daemons) is followed.
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )

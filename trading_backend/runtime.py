@@ -45,6 +45,7 @@ from trading_backend.storage.state_store import DatabaseStateStore
 if TYPE_CHECKING:
     from trading_backend.accounts.api_keys import ApiKeyService
     from trading_backend.accounts.two_factor import TwoFactorService
+    from trading_backend.marketdata.candles import CandleService, Fetch
     from trading_backend.marketdata.hub import MarketHub
     from trading_backend.marketdata.reader import MarketDataReader
     from trading_backend.strategies.registry import StrategyRegistry
@@ -63,6 +64,7 @@ class Runtime:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         """``clock``: the paper market's clock (tests drive time with it)."""
+        self._clock = clock
         self.settings = ensure_secrets(settings)
         self.engine: AsyncEngine = create_engine(settings.effective_database_url)
         self.db = session_factory(self.engine)
@@ -135,11 +137,33 @@ class Runtime:
         return MarketHub(self.market)
 
     @cached_property
-    def market_reader(self) -> MarketDataReader:
-        """Quotes, recent bars and option chains for strategies."""
-        from trading_backend.marketdata.reader import MarketDataReader
+    def candles(self) -> CandleService:
+        """Historical candles, cached in the database."""
+        from trading_backend.marketdata.candles import CandleService
 
-        return MarketDataReader(self.market, self.market_hub)
+        return CandleService(self.db, clock=self._clock)
+
+    @cached_property
+    def history_source(self) -> Fetch:
+        """Where missing candles come from: the market's broker (the paper broker's
+        synthetic history today), public data needing no user's session."""
+        from trading_backend.brokers.base import BrokerConfigData
+        from trading_backend.brokers.paper import PaperBroker
+
+        broker = PaperBroker(
+            BrokerConfigData(config_id="market-history", user_id="system", broker="paper"),
+            self.broker_context,
+        )
+        return broker.get_historical_candles
+
+    @cached_property
+    def market_reader(self) -> MarketDataReader:
+        """Quotes, recent bars (topped up from the candle cache) and option chains for
+        strategies."""
+        from trading_backend.marketdata.reader import MarketDataReader, candle_history
+
+        history = candle_history(self.candles, "paper", self.history_source)
+        return MarketDataReader(self.market, self.market_hub, history)
 
     @cached_property
     def strategy_registry(self) -> StrategyRegistry:

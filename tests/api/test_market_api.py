@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
+import itertools
+from datetime import UTC, date, datetime, time
 
 import httpx
 
 from tests.api.conftest import Account
+from trading_backend.domain import Exchange, Timeframe
 from trading_backend.runtime import Runtime
 
 
@@ -96,3 +98,65 @@ async def test_option_chain_has_prices_and_greeks(
     assert other.status_code == 200 and other.json()["expiry"] == later
     assert date.fromisoformat(later) >= date.fromisoformat(chain["expiry"])
     assert runtime.market.expiries("NIFTY")[-1].isoformat() == later
+
+
+async def test_candles_are_fetched_once_then_served_from_the_database(
+    client: httpx.AsyncClient, alice: Account, runtime: Runtime
+) -> None:
+    params = {
+        "timeframe": "1d",
+        "start": "2026-11-02T00:00:00+00:00",
+        "end": "2026-11-14T00:00:00+00:00",
+    }
+    first = await client.get("/api/v1/market/candles/TCS", params=params, headers=alice.headers)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["symbol"] == "TCS" and body["timeframe"] == "1d"
+    days = [c["start"][:10] for c in body["candles"]]
+    # Ten weekdays between Monday 2 and Friday 13 November; sessions open at 09:15 IST.
+    assert len(days) == 10 and "2026-11-07" not in days and "2026-11-08" not in days
+    opens = {datetime.fromisoformat(c["start"]).astimezone(UTC) for c in body["candles"]}
+    assert {when.time() for when in opens} == {time(3, 45)}
+    for c in body["candles"]:
+        assert c["low"] <= min(c["open"], c["close"]) <= max(c["open"], c["close"]) <= c["high"]
+
+    # Served from the cache: the same bars even with the history source gone.
+    runtime.__dict__["history_source"] = None
+    again = await client.get("/api/v1/market/candles/TCS", params=params, headers=alice.headers)
+    assert again.status_code == 200 and again.json() == body
+
+    limited = await client.get(
+        "/api/v1/market/candles/TCS", params={**params, "limit": 3}, headers=alice.headers
+    )
+    assert [c["start"][:10] for c in limited.json()["candles"]] == days[-3:]
+
+
+async def test_candles_reject_bad_ranges(client: httpx.AsyncClient, alice: Account) -> None:
+    backwards = await client.get(
+        "/api/v1/market/candles/TCS",
+        params={"start": "2026-11-14T00:00:00+00:00", "end": "2026-11-02T00:00:00+00:00"},
+        headers=alice.headers,
+    )
+    assert backwards.status_code == 422 and backwards.json()["error_code"] == "VALIDATION_ERROR"
+    naive = await client.get(
+        "/api/v1/market/candles/TCS", params={"start": "2026-11-02T00:00:00"}, headers=alice.headers
+    )
+    assert naive.status_code == 422 and "offset" in naive.json()["message"]
+    bad_tf = await client.get(
+        "/api/v1/market/candles/TCS", params={"timeframe": "2m"}, headers=alice.headers
+    )
+    assert bad_tf.status_code == 422
+    unknown = await client.get("/api/v1/market/candles/NOPE", headers=alice.headers)
+    assert unknown.status_code == 404
+
+
+async def test_strategy_reads_are_topped_up_from_the_candle_cache(runtime: Runtime) -> None:
+    """A strategy asking for more bars than the hub has seen gets the broker's history."""
+    bars = await runtime.market_reader.bars("TCS", Exchange.NSE, Timeframe.M5, 30)
+    assert len(bars) == 30
+    assert all(a.end <= b.start for a, b in itertools.pairwise(bars))
+    assert bars[-1].end <= runtime.market.quote("TCS", Exchange.NSE).timestamp
+    cached = await runtime.candles.cached(
+        "paper", "TCS", Exchange.NSE, Timeframe.M5, bars[0].start, bars[-1].end
+    )
+    assert [b.start for b in cached] == [b.start for b in bars]

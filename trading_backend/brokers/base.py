@@ -15,12 +15,14 @@ from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
 from trading_backend.domain import (
+    Bar,
     BrokerOrder,
     DomainError,
     ErrorCode,
     Fill,
     OrderStatus,
     OrderType,
+    Timeframe,
 )
 from trading_backend.domain.money import ZERO
 
@@ -31,6 +33,7 @@ __all__ = [
     "BrokerContext",
     "BrokerError",
     "BrokerName",
+    "BrokerNotSupported",
     "BrokerOrder",
     "BrokerOrderState",
     "BrokerRejected",
@@ -85,6 +88,13 @@ class BrokerRejected(BrokerError):
     """The broker refused the request (bad symbol, bad price, not modifiable...)."""
 
     code = ErrorCode.INVALID_ORDER
+
+
+class BrokerNotSupported(BrokerError):
+    """The broker does not offer this feature (e.g. historical candles): asking again will
+    not help, so it is a client error (422), not an outage."""
+
+    code = ErrorCode.BROKER_NOT_SUPPORTED
 
 
 class BrokerUnavailable(BrokerError):
@@ -263,3 +273,24 @@ class Broker(abc.ABC):
     async def get_market_data(self, symbol: str, exchange: str) -> dict[str, Any]:
         """``{symbol, exchange, ltp, change, change_percent, open, high, low, close, volume,
         bid, ask, timestamp}``."""
+
+    async def get_historical_candles(
+        self,
+        symbol: str,
+        exchange: str,
+        timeframe: Timeframe,
+        start: datetime,
+        end: datetime,
+    ) -> list[Bar]:
+        """Complete bars of ``timeframe`` starting in ``[start, end)`` (UTC), oldest first,
+        aligned to the windows of ``trading_backend.marketdata.bars``.
+
+        Callers should go through ``marketdata.candles.CandleService``, which caches the
+        answer in the database so each bar is fetched once. Adapters may refuse ranges
+        larger than their broker allows (``BrokerRejected`` with ``VALIDATION_ERROR``).
+        The default raises ``BrokerNotSupported``: a broker without a history API.
+        """
+        raise BrokerNotSupported(
+            f"broker {self.name or type(self).__name__!r} does not provide historical candles",
+            broker=self.name or type(self).__name__,
+        )

@@ -214,7 +214,8 @@ class MarketHub:
                 if consumer.ticks and consumer.on_tick is not None:
                     view = view or tick_view(quote)
                     await self._deliver(consumer, consumer.on_tick, view)
-                await self._deliver_bars(consumer, bars)
+                if bars:
+                    await self._deliver_bars(consumer, bars)
         if latest is not None:
             # Bars whose window ended without a tick after it (quiet instruments).
             flushed = self._aggregator.flush(latest)

@@ -9,10 +9,11 @@ since it started watching.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from trading_backend.brokers.paper.market import OptionChainRow, SimulatedMarket
 from trading_backend.domain import Bar, DomainError, ErrorCode, Exchange, Timeframe
+from trading_backend.marketdata.candles import CandleService, Fetch
 from trading_backend.marketdata.hub import MarketHub, tick_view
 from trading_backend.marketdata.options import expiry_datetime
 from trading_backend.strategies.base import OptionQuote, TickView
@@ -20,6 +21,28 @@ from trading_backend.strategies.base import OptionQuote, TickView
 # (symbol, exchange, timeframe, count, before) -> up to ``count`` completed bars that
 # ended at or before ``before``, oldest first.
 HistoryLoader = Callable[[str, Exchange, Timeframe, int, datetime], Awaitable[Sequence[Bar]]]
+
+
+MAX_HISTORY_BARS = 5000  # a strategy's warm-up read, not a data export
+
+
+def candle_history(candles: CandleService, broker_name: str, fetch: Fetch) -> HistoryLoader:
+    """A ``HistoryLoader`` over the candle cache (fetching what is missing from the broker
+    once). The span asked for is widened to cover nights and weekends of session-bound
+    exchanges, then trimmed to ``count`` bars."""
+
+    async def load(
+        symbol: str, exchange: Exchange, timeframe: Timeframe, count: int, before: datetime
+    ) -> Sequence[Bar]:
+        count = min(count, MAX_HISTORY_BARS)
+        # A session covers about a quarter of a day (NSE 375 of 1440 minutes) and 5 days
+        # in 7 trade: 6x the bars' duration plus 4 days reaches back far enough.
+        widen = 1 if Exchange(exchange) is Exchange.CRYPTO else 6
+        start = before - timeframe.duration * count * widen - timedelta(days=4)
+        bars = await candles.get(broker_name, fetch, symbol, exchange, timeframe, start, before)
+        return [b for b in bars if b.end <= before][-count:]
+
+    return load
 
 
 def option_quotes(rows: Sequence[OptionChainRow]) -> list[OptionQuote]:

@@ -7,7 +7,7 @@ API key needs the ``read`` scope.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from trading_backend.api.deps import RuntimeDep, UserDep
 from trading_backend.api.schemas import ErrorOut, numbers
-from trading_backend.domain import DomainError, ErrorCode, Exchange, InstrumentType
+from trading_backend.domain import DomainError, ErrorCode, Exchange, InstrumentType, Timeframe
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -168,6 +168,61 @@ async def quote(
             "change": q.change,
             "change_percent": q.change_percent,
             "timestamp": q.timestamp,
+        }
+    )
+
+
+@router.get("/candles/{symbol}", response_model=CandlesOut, responses=ERRORS)
+async def candles(
+    symbol: str,
+    _: UserDep,
+    runtime: RuntimeDep,
+    exchange: ExchangeQuery = Exchange.NSE,
+    timeframe: Annotated[Timeframe, Query(description="bar size")] = Timeframe.D1,
+    start: Annotated[
+        datetime | None, Query(description="first bar start (ISO-8601; default: enough for limit)")
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(description="bars starting before this (default now)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_CANDLES, description="at most the newest N")] = 500,
+) -> dict[str, Any]:
+    """Completed historical bars, oldest first, aligned to the exchange session. Fetched
+    from the broker the first time and served from the database afterwards."""
+    _known(runtime, symbol, exchange)
+    name = symbol.upper()
+    for label, value in (("start", start), ("end", end)):
+        if value is not None and value.tzinfo is None:
+            raise DomainError(
+                f"{label} needs a UTC offset (e.g. 2026-11-25T09:15:00+05:30)",
+                ErrorCode.VALIDATION_ERROR,
+            )
+    until = end or datetime.now(UTC)
+    if start is None:
+        widen = 1 if exchange is Exchange.CRYPTO else 6  # nights and weekends
+        start = until - timeframe.duration * limit * widen - timedelta(days=4)
+    if start >= until:
+        raise DomainError("start must be before end", ErrorCode.VALIDATION_ERROR)
+    bars = await runtime.candles.get(
+        "paper", runtime.history_source, name, exchange, timeframe, start, until
+    )
+    return numbers(
+        {
+            "symbol": name,
+            "exchange": exchange.value,
+            "timeframe": timeframe.value,
+            "candles": [
+                {
+                    "start": b.start,
+                    "end": b.end,
+                    "open": b.open,
+                    "high": b.high,
+                    "low": b.low,
+                    "close": b.close,
+                    "volume": b.volume,
+                }
+                for b in bars[-limit:]
+            ],
         }
     )
 

@@ -38,6 +38,7 @@ from trading_backend.brokers.base import (
     BrokerContext,
     BrokerOrder,
     BrokerOrderState,
+    BrokerRejected,
     OrderUpdate,
 )
 from trading_backend.brokers.paper.exchange import (
@@ -49,7 +50,7 @@ from trading_backend.brokers.paper.exchange import (
 )
 from trading_backend.brokers.paper.market import Quote, SimulatedMarket
 from trading_backend.brokers.paper.settings import KNOWN_KEYS, PaperSettings
-from trading_backend.domain import Fill, OrderType
+from trading_backend.domain import Bar, ErrorCode, Fill, OrderType, Timeframe
 
 __all__ = ["PaperBroker"]
 
@@ -366,6 +367,31 @@ class PaperBroker(Broker):
 
     async def get_market_data(self, symbol: str, exchange: str) -> dict[str, Any]:
         return self._require().market_data(symbol, exchange)
+
+    async def get_historical_candles(
+        self,
+        symbol: str,
+        exchange: str,
+        timeframe: Timeframe,
+        start: datetime,
+        end: datetime,
+    ) -> list[Bar]:
+        """The market's synthetic history (``brokers.paper.history``): the same request
+        always gives the same bars. Needs no session, like a real broker's public data.
+        Generated in a thread: decades of daily bars take a second of numpy work."""
+        try:
+            return await asyncio.to_thread(
+                self.market.historical_bars, symbol, exchange, timeframe, start, end
+            )
+        except KeyError:
+            raise BrokerRejected(
+                f"unknown instrument {exchange}:{symbol}",
+                ErrorCode.INSTRUMENT_NOT_FOUND,
+                symbol=symbol,
+                exchange=str(exchange),
+            ) from None
+        except ValueError as exc:
+            raise BrokerRejected(str(exc), ErrorCode.VALIDATION_ERROR) from None
 
 
 INCREMENTAL = "incremental"

@@ -48,6 +48,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import numpy as np
 import structlog
 
+from trading_backend.brokers.paper.history import MAX_HISTORY_BARS, HistorySpec, synthetic_bars
 from trading_backend.brokers.paper.universe import (
     InstrumentSpec,
     carry_inputs,
@@ -55,6 +56,7 @@ from trading_backend.brokers.paper.universe import (
     option_forward,
 )
 from trading_backend.domain import Exchange, Instrument, InstrumentType
+from trading_backend.domain.bars import Bar, Timeframe
 from trading_backend.domain.money import round_to_tick, to_decimal
 from trading_backend.marketdata.options import (
     IST,
@@ -293,6 +295,7 @@ class SimulatedMarket:
         self.seed = seed
         self._clock = clock or (lambda: datetime.now(UTC))
         self._books: dict[str, _Book] = {}
+        self._specs: dict[str, InstrumentSpec] = {}  # for the synthetic history
         self._listeners: list[QuoteListener] = []
         self._tick_count = 0
         self._sequence = 0
@@ -302,6 +305,7 @@ class SimulatedMarket:
             if spec.key in self._books:
                 raise ValueError(f"instrument {spec.key} listed twice")
             self._books[spec.key] = _Book(spec, seed, seconds_per_tick, spec.initial_price)
+            self._specs[spec.key] = spec
         # underlying symbol -> expiry -> strike -> {"CE": book, "PE": book}
         self._chains: dict[str, dict[date, dict[Decimal, dict[str, _Book]]]] = {}
         self._options: list[_Book] = []
@@ -389,6 +393,34 @@ class SimulatedMarket:
         if book is None:
             raise KeyError(f"unknown instrument {exchange}:{symbol}")
         return book
+
+    def historical_bars(
+        self,
+        symbol: str,
+        exchange: str | Exchange,
+        timeframe: Timeframe | str,
+        start: datetime,
+        end: datetime,
+        *,
+        max_bars: int = MAX_HISTORY_BARS,
+    ) -> list[Bar]:
+        """Synthetic, reproducible history: the complete bars starting in ``[start, end)``
+        (see ``brokers.paper.history``; it depends on the seed, never on the ticks so far).
+
+        Raises ``KeyError`` for an unknown instrument and ``ValueError`` for an empty
+        range or one of more than ``max_bars`` bars.
+        """
+        book = self._get(symbol, exchange)
+        spec = self._specs[book.instrument.key]
+        history = HistorySpec(
+            seed=self.seed,
+            instrument=book.instrument,
+            price=spec.initial_price,
+            annual_volatility=spec.annual_volatility,
+            daily_volume=spec.daily_volume,
+        )
+        now = self._clock()
+        return synthetic_bars(history, timeframe, start, end, now=now, max_bars=max_bars)
 
     def quote(self, symbol: str, exchange: str | Exchange) -> Quote:
         """The latest quote; raises ``KeyError`` for an unknown instrument."""
