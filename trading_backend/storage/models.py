@@ -379,3 +379,36 @@ class StrategySignalRow(Base):
     kind: Mapped[str] = mapped_column(String(16))  # signal | order | error | info
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RiskLimitRow(Base):
+    """Risk limits of one scope (``user:<id>`` or ``account:<config_id>``). ``kind`` is
+    ``ceiling`` (set by an administrator: the most the user may have) or ``own`` (the
+    user's own, only ever tighter than the ceiling). Absent rows mean the settings'
+    defaults."""
+
+    __tablename__ = "risk_limits"
+    __table_args__ = (UniqueConstraint("scope", "kind", name="uq_risk_limits_scope_kind"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RiskStateRow(Base):
+    """The trading state of a scope (``global``, ``user:<id>``, ``account:<config_id>``):
+    ACTIVE, REDUCING (only risk-reducing orders) or HALTED, with why and who; kept so a
+    restart does not lift a halt or a kill switch."""
+
+    __tablename__ = "risk_states"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kill_switch: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
