@@ -14,7 +14,8 @@ event callbacks. The runner calls, for each strategy it runs::
 A strategy talks to the world only through its :class:`StrategyContext`: market data, its
 own orders and positions, ``place_order``/``cancel_order`` (the normal order path, risk
 included, tagged with the strategy's id) and ``state``, a JSON-serialisable dict the runner
-persists after every callback, so a restart resumes where it left off. Exceptions escape to
+persists (at once after order activity, batched otherwise), so a restart resumes where it
+left off. Exceptions escape to
 the runner, which stops this strategy only, records the error and alerts.
 
 Parameters are a pydantic model (``Params``), validated when the strategy is created and
@@ -110,7 +111,7 @@ class StrategyContext(Protocol):
     strategy_id: str
     user_id: str
     config_id: str
-    state: dict[str, Any]  # persisted after every callback; JSON types only
+    state: dict[str, Any]  # persisted by the runner (see runner.py); JSON types only
 
     def now(self) -> datetime: ...
 

@@ -10,8 +10,24 @@ Each running strategy has an ``asyncio.Queue`` and one task that calls its callb
 at a time (start, ticks, bars, order updates, stop), so a strategy never sees two events
 at once, and a slow or failing strategy never delays another. Market events come from the
 ``MarketFeed`` (the callbacks only enqueue), order updates from the ``OrderRecorder``
-listener, routed to the strategy that placed the order. After every callback the
-strategy's ``ctx.state`` is persisted if it changed.
+listener, routed to the strategy that placed the order.
+
+State (``ctx.state``) is checked to be JSON after every callback (a state that is not fails
+the strategy at that callback) and written to the database:
+
+* at once, when the callback placed or cancelled an order (so that after a crash the
+  strategy never forgets an order it placed, and never places it twice), after
+  ``on_order_update`` (it never forgets a fill it recorded) and after ``on_start`` (so
+  that a start answers with the state ``on_start`` left);
+* otherwise in a batch: a changed state is only marked dirty, and every dirty state is
+  written in one transaction at most every ``state_flush_seconds`` by the runner's flusher
+  task, by ``flush_states()`` and at the end of ``drain()``. A crash loses at most that
+  long of such changes (counters, indicators), never an order;
+* always when the strategy stops (user stop or process shutdown, ``stop()`` also writing
+  what is still dirty) or fails.
+
+Writes of one strategy's state are serialised by a lock of its own, so a batch that read an
+older state never commits after a newer one.
 
 A callback that raises: the strategy goes to ERROR with the error text saved, an ``error``
 entry (with the traceback summary) is added to its signal log, a ``strategy.failed`` audit
@@ -48,10 +64,10 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from trading_backend.domain import Bar, DomainError, ErrorCode, Order
+from trading_backend.domain import Bar, BrokerOrder, DomainError, ErrorCode, Order
 from trading_backend.execution.order_service import OrderService
 from trading_backend.execution.recorder import OrderRecorder
 from trading_backend.storage.models import StrategyRow, StrategySignalRow, utcnow
@@ -91,6 +107,22 @@ class _Callback:
 _Event = _Start | _Stop | _Callback
 
 
+class _TrackedContext(RunnerContext):
+    """The strategy's context, counting the order actions it attempts (``place_order``,
+    ``cancel_order``). Counted before the call, so that one that raised (its outcome
+    unknown) counts too: the runner writes the state at once after a callback that acted."""
+
+    order_actions: int = 0
+
+    async def place_order(self, order: BrokerOrder) -> Order:
+        self.order_actions += 1
+        return await super().place_order(order)
+
+    async def cancel_order(self, order_id: str) -> Order:
+        self.order_actions += 1
+        return await super().cancel_order(order_id)
+
+
 @dataclass(eq=False)
 class _Running:
     id: str
@@ -98,8 +130,11 @@ class _Running:
     config_id: str
     kind: str
     strategy: BaseStrategy
-    ctx: RunnerContext
-    saved_state: str
+    ctx: _TrackedContext
+    saved_state: str  # the state as last written to the database
+    unsaved_state: str | None = None  # newer, checked after a callback, not yet written
+    order_actions: int = 0  # ctx.order_actions already seen
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
     handles: list[FeedHandle] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -137,6 +172,7 @@ class StrategyRunner:
         order_wait: float = 5.0,
         clock: Callable[[], datetime] | None = None,
         hosting: bool = True,
+        state_flush_seconds: float = 1.0,
     ) -> None:
         self._db = db
         self.hosting = hosting
@@ -151,6 +187,11 @@ class StrategyRunner:
         self._by_tag: dict[str, _Running] = {}
         self._owners: dict[str, str] = {}  # order id -> strategy id
         self._listening = False
+        self._state_flush_seconds = state_flush_seconds
+        self._dirty: set[_Running] = set()  # states changed and not yet written
+        self._dirty_event = asyncio.Event()
+        self._flush_lock = asyncio.Lock()  # one batch at a time
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- introspection -----------------------------------------------------------------
     def is_running(self, strategy_id: str) -> bool:
@@ -165,10 +206,11 @@ class StrategyRunner:
         running = self._running.get(strategy_id)
         return running.strategy if running is not None else None
 
-    async def drain(self, *strategy_ids: str) -> None:
+    async def drain(self, *strategy_ids: str, flush: bool = True) -> None:
         """Wait until every running strategy (or only those given) has handled every event
-        queued so far, and any events those callbacks caused (their own order updates).
-        Tests use it instead of sleeping."""
+        queued so far, and any events those callbacks caused (their own order updates),
+        then (unless ``flush=False``) write every dirty state (``flush_states``). Tests use
+        it instead of sleeping."""
         while True:
             busy = [
                 r
@@ -176,8 +218,49 @@ class StrategyRunner:
                 if r.pending and (not strategy_ids or r.id in strategy_ids)
             ]
             if not busy:
-                return
+                break
             await asyncio.gather(*(r.queue.join() for r in busy))
+        if flush:
+            await self.flush_states()
+
+    async def flush_states(self) -> int:
+        """Write every state changed since it was last written, in one transaction; returns
+        how many were written. Also run by the flusher task, ``drain()`` and ``stop()``."""
+        async with self._flush_lock:
+            self._dirty_event.clear()
+            batch = sorted(self._dirty, key=lambda r: r.id)
+            if not batch:
+                return 0
+            async with contextlib.AsyncExitStack() as locks:
+                for running in batch:
+                    await locks.enter_async_context(running.write_lock)
+                # Read under the locks: a state written meanwhile (stop, failure, order
+                # path) is no longer unsaved.
+                states = [(r, r.unsaved_state) for r in batch if r.unsaved_state is not None]
+                try:
+                    await self._write_states([(r.id, state) for r, state in states])
+                except BaseException:
+                    self._dirty_event.set()  # still dirty: the flusher tries again
+                    raise
+                for running, state in states:
+                    running.saved_state = state
+                    if running.unsaved_state == state:  # else changed again meanwhile
+                        running.unsaved_state = None
+                for running in batch:
+                    if running.unsaved_state is None:
+                        self._dirty.discard(running)
+            return len(states)
+
+    async def _flush_periodically(self) -> None:
+        """The flusher task: once something is dirty, wait ``state_flush_seconds`` and
+        write the batch."""
+        while True:
+            await self._dirty_event.wait()
+            await asyncio.sleep(self._state_flush_seconds)
+            try:
+                await self.flush_states()
+            except Exception:
+                log.exception("strategy_state_flush_failed")
 
     # -- process lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +268,10 @@ class StrategyRunner:
         if not self._listening:
             self._recorder.add_listener(self._on_order)
             self._listening = True
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(
+                self._flush_periodically(), name="strategy-state-flusher"
+            )
         async with self._db() as session:
             rows = (
                 await session.scalars(
@@ -241,9 +328,20 @@ class StrategyRunner:
 
     async def stop(self) -> None:
         """Process shutdown: ``on_stop`` for each strategy, state saved, status left RUNNING
-        so the next ``start()`` resumes them."""
+        so the next ``start()`` resumes them; then the flusher stops and anything still
+        dirty is written."""
         waits = [self._request_stop(r, None, None) for r in list(self._running.values())]
         await asyncio.gather(*waits, return_exceptions=True)
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            async with self._flush_lock:  # never cancelled in the middle of a batch
+                flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        try:
+            await self.flush_states()
+        except Exception:
+            log.exception("strategy_state_flush_failed")
         if self._listening:
             self._recorder.remove_listener(self._on_order)
             self._listening = False
@@ -315,7 +413,7 @@ class StrategyRunner:
         try:
             cls = self.registry.get(snapshot["kind"])
             params = cls.Params.model_validate(snapshot["params"] or {})
-            ctx = RunnerContext(
+            ctx = _TrackedContext(
                 strategy_id=strategy_id,
                 user_id=snapshot["user_id"],
                 config_id=snapshot["config_id"],
@@ -356,7 +454,12 @@ class StrategyRunner:
                     await self._finish(running, event)
                     return
                 await self._dispatch(running, event)
-                await self._persist_state(running)
+                # At once after on_start and order updates (fills the strategy recorded must
+                # survive a crash: it would otherwise wait for an order already done).
+                await self._save_state(
+                    running,
+                    now=isinstance(event, _Start) or event.kind == "order",
+                )
                 if isinstance(event, _Start) and not event.done.done():
                     event.done.set_result(RUNNING)
             except asyncio.CancelledError:
@@ -419,7 +522,7 @@ class StrategyRunner:
         await self._close_handles(running)
         running.final_status = event.status or RUNNING
         self._close(running)
-        async with self._db() as session, session.begin():
+        async with running.write_lock, self._db() as session, session.begin():
             row = await session.get(StrategyRow, running.id)
             if row is not None:
                 row.state = json.loads(state)
@@ -434,6 +537,7 @@ class StrategyRunner:
                             user_id=event.audit_user_id,
                             target=running.id,
                         )
+        self._saved(running, state)
         log.info(
             "strategy_stopped" if event.status else "strategy_suspended",
             strategy_id=running.id,
@@ -441,29 +545,67 @@ class StrategyRunner:
         if not event.done.done():
             event.done.set_result(event.status or RUNNING)
 
-    async def _persist_state(self, running: _Running) -> None:
+    async def _save_state(self, running: _Running, *, now: bool) -> None:
+        """After a callback: check the state is JSON (raising, which fails the strategy, if
+        not), then write it at once if ``now`` or the strategy placed or cancelled an order
+        since the last check, else mark it dirty for the next batch."""
         dumped = _dump_state(running.ctx.state)  # TypeError/ValueError: not JSON -> failure
-        if dumped == running.saved_state:
+        actions = running.ctx.order_actions
+        acted = actions != running.order_actions
+        running.order_actions = actions
+        latest = running.saved_state if running.unsaved_state is None else running.unsaved_state
+        if dumped != latest:
+            running.unsaved_state = dumped
+        if running.unsaved_state is None:
             return
+        if now or acted:
+            async with running.write_lock:
+                state = running.unsaved_state
+                if state is not None:  # None: a batch has just written it
+                    await self._write_states([(running.id, state)])
+                    self._saved(running, state)
+        else:
+            self._dirty.add(running)
+            self._dirty_event.set()
+
+    async def _write_states(self, states: list[tuple[str, str]]) -> None:
+        """Write (strategy id, dumped state) pairs in one transaction (a deleted strategy's
+        pair updates nothing). Callers hold the strategies' write locks."""
+        if not states:
+            return
+        statement = (
+            update(StrategyRow)
+            .where(StrategyRow.id == bindparam("strategy_id"))
+            .values(state=bindparam("new_state"), updated_at=utcnow())
+        )
+        params = [{"strategy_id": sid, "new_state": json.loads(state)} for sid, state in states]
         async with self._db() as session, session.begin():
-            row = await session.get(StrategyRow, running.id)
-            if row is not None:
-                row.state = json.loads(dumped)
-                row.updated_at = utcnow()
-        running.saved_state = dumped
+            connection = await session.connection()
+            await connection.execute(statement, params)
+
+    def _saved(self, running: _Running, state: str) -> None:
+        """``state`` is in the database and nothing newer is waiting to be written."""
+        running.saved_state = state
+        running.unsaved_state = None
+        self._dirty.discard(running)
 
     async def _fail(self, running: _Running, exc: BaseException) -> None:
         self._close(running)
         await self._close_handles(running)
         try:
-            state: dict[str, Any] | None = json.loads(_dump_state(running.ctx.state))
+            dumped: str | None = _dump_state(running.ctx.state)
         except (TypeError, ValueError):
-            state = None
-        await self._record_failure(running.id, running.user_id, exc, state)
+            dumped = running.unsaved_state  # the last state that was JSON, if not written
+        state = None if dumped is None else json.loads(dumped)
+        async with running.write_lock:
+            recorded = await self._record_failure(running.id, running.user_id, exc, state)
+            if recorded and dumped is not None:
+                self._saved(running, dumped)
 
     async def _record_failure(
         self, strategy_id: str, user_id: str, exc: BaseException, state: dict[str, Any] | None
-    ) -> None:
+    ) -> bool:
+        """Mark the strategy ERROR (with ``state`` when given); False if that failed."""
         error = f"{type(exc).__name__}: {exc}"
         summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         log.warning("strategy_failed", strategy_id=strategy_id, user_id=user_id, error=error)
@@ -471,7 +613,7 @@ class StrategyRunner:
             async with self._db() as session, session.begin():
                 row = await session.get(StrategyRow, strategy_id)
                 if row is None:
-                    return
+                    return True
                 now = utcnow()
                 row.status = ERROR
                 row.error = error
@@ -496,6 +638,8 @@ class StrategyRunner:
                 )
         except Exception:
             log.exception("strategy_failure_not_recorded", strategy_id=strategy_id)
+            return False
+        return True
 
     def _close(self, running: _Running) -> None:
         """No more events for this strategy; forget it (its task ends by itself)."""
