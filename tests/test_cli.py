@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,9 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
     assert placed.returncode == 0, placed.stdout + placed.stderr
     assert "FILLED" in placed.stdout
 
+    infy = cli("quote", "INFY", "--config-id", "demo-paper", *api, env=env)
+    ltp = Decimal(str(json.loads(infy.stdout)["ltp"]))
+    low = (ltp * Decimal("0.97")).quantize(Decimal("0.1"))  # rests, inside the price band
     limit = cli(
         "order",
         "place",
@@ -169,7 +173,7 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
         "--type",
         "LIMIT",
         "--price",
-        "100",
+        str(low),
         *api,
         env=env,
     )
@@ -179,8 +183,9 @@ def test_serve_creates_demo_user_and_cli_trades(server: str, env: dict[str, str]
     listed = cli("order", "list", *api, env=env)
     assert listed.returncode == 0 and order_id in listed.stdout
 
-    modified = cli("order", "modify", order_id, "--price", "101", "--quantity", "2", *api, env=env)
-    assert modified.returncode == 0 and "101" in modified.stdout, modified.stdout + modified.stderr
+    higher = str(low + Decimal("1"))
+    modified = cli("order", "modify", order_id, "--price", higher, "--quantity", "2", *api, env=env)
+    assert modified.returncode == 0 and higher in modified.stdout, modified.stdout + modified.stderr
     shown = cli("order", "show", order_id, *api, env=env)
     assert shown.returncode == 0 and "MODIFIED" in shown.stdout and "ACCEPTED" in shown.stdout
 

@@ -61,9 +61,11 @@ def test_seed_examples_run(tmp_path: Path) -> None:
         "✅ Session created:",
         "Broker: paper",
         "✅ Order placed: PAPER-",
-        "📊 paper: 2 positions",
+        # The seed's RELIANCE limit at 2500 is 60% above the paper price: the risk
+        # engine's price band refuses it (fat-finger protection), so one position.
+        "📊 paper: 1 positions",
         "💰 Total across all brokers:",
-        "Direct broker access: 2 positions",
+        "Direct broker access: 1 positions",
         "   👥 Total Users: 2",
         "   🔗 Total Sessions: 3",
         "   ✅ Healthy Sessions: 3",

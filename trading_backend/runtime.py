@@ -32,7 +32,8 @@ from trading_backend.execution.order_service import OrderService
 from trading_backend.execution.queue import EmbeddedQueue
 from trading_backend.execution.recorder import OrderRecorder
 from trading_backend.execution.worker import OrderWorker
-from trading_backend.risk import PassThroughRisk, RiskCheck
+from trading_backend.risk import RiskCheck, RiskEngine, RiskLimits, TradingCalendar
+from trading_backend.risk.service import RiskService
 from trading_backend.settings import Settings, ensure_secrets
 from trading_backend.storage.database import (
     check_database,
@@ -98,9 +99,27 @@ class Runtime:
             self.db, self.vault, self.broker_context, on_update=self.recorder.handle_update
         )
         self.queue = EmbeddedQueue(self.db)
-        self.orders = OrderService(
-            self.db, self.queue, risk or PassThroughRisk(), self.recorder, self.locks
+        self.risk_engine = RiskEngine(
+            default_limits=RiskLimits.from_dict(settings.risk_default_limits),
+            calendar=(
+                TradingCalendar.always_open()
+                if settings.effective_market_hours == "always"
+                else None
+            ),
         )
+        self.risk_service = RiskService(
+            self.db,
+            self.risk_engine,
+            self.market,
+            self.sessions,
+            lambda: self.market_hub,
+            clock=clock,
+            stop_strategies=self._stop_strategies,
+        )
+        self.risk: RiskCheck = risk or self.risk_service
+        self.orders = OrderService(self.db, self.queue, self.risk, self.recorder, self.locks)
+        self.risk_service.orders = self.orders
+        self.recorder.add_listener(self.risk_service.on_order)
         self.worker = OrderWorker(
             self.db,
             self.queue,
@@ -195,6 +214,23 @@ class Runtime:
 
         return StrategyService(self.db, self.strategy_registry, self.strategy_runner)
 
+    async def _stop_strategies(self, user_id: str | None, config_id: str | None) -> int:
+        """Stop the RUNNING strategies of a user, an account, or everyone (kill switch)."""
+        from sqlalchemy import select
+
+        from trading_backend.storage.models import StrategyRow
+
+        query = select(StrategyRow.id).where(StrategyRow.status == "RUNNING")
+        if user_id is not None:
+            query = query.where(StrategyRow.user_id == user_id)
+        if config_id is not None:
+            query = query.where(StrategyRow.config_id == config_id)
+        async with self.db() as session:
+            ids = list((await session.scalars(query)).all())
+        for strategy_id in ids:
+            await self.strategy_runner.stop_strategy(strategy_id)
+        return len(ids)
+
     async def _second_factor(self, user_id: str, code: str, ip: str | None) -> None:
         await self.two_factor.verify_second_factor(user_id, code, ip=ip)
 
@@ -223,6 +259,7 @@ class Runtime:
         self.hosts_strategies = strategies
         if migrate:
             await upgrade_database(self.engine)
+        await self.risk_service.start()
         if worker:
             # Embedded mode: this process is the only worker, so anything claimed by a
             # previous run of it was interrupted: put it back, then ask brokers what happened.
@@ -236,6 +273,11 @@ class Runtime:
             self._spawn(self.market.run(self.settings.market_tick_seconds), "paper-market")
         if market:
             self._spawn(self._expire_day_orders_at_each_close(), "session-close")
+            square_off = self.risk_engine.default_limits.intraday_square_off
+            if worker and square_off is not None:
+                self._spawn(
+                    self.risk_service.run_intraday_square_off(square_off), "intraday-square-off"
+                )
         if health_monitor:
             self._spawn(
                 self.sessions.run_health_monitor(self.settings.health_check_seconds),
@@ -276,6 +318,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._runner_task, timeout=30)
             self._runner_task = None
+        await self.risk_service.close()
         if "market_hub" in self.__dict__:
             await self.market_hub.close()
         self.queue.notify()

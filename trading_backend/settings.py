@@ -11,7 +11,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from cryptography.fernet import Fernet
@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     embedded_worker: bool = True  # run an order worker inside ``serve``
     health_check_seconds: float = 30.0
 
+    # Risk
+    # "always": the paper market trades around the clock (try the system any time);
+    # "exchange": orders need the exchange session (NSE 09:15-15:30 IST, holidays). Forced
+    # to "exchange" in production.
+    market_hours: Literal["always", "exchange"] = "always"
+    # Default limits for every user, JSON: {"max_order_value": "500000", "daily_loss_limit":
+    # "20000", ...}; names as in docs/risk.md. Administrators set ceilings per user.
+    risk_default_limits: dict[str, Any] = Field(default_factory=dict)
+
     # Strategies
     embedded_strategies: bool = True  # host the strategy runner inside ``serve``
     strategies_dir: Path | None = None  # extra strategy modules (*.py) to load
@@ -109,6 +118,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'trading.db').resolve()}"
+
+    @property
+    def effective_market_hours(self) -> str:
+        return "exchange" if self.is_production else self.market_hours
 
     def option_smiles(self) -> dict[str, VolSmile]:
         """The paper market's volatility smile per index."""

@@ -57,7 +57,7 @@ async def test_other_users_ids_are_not_found_on_every_route(
         "/api/v1/brokers/add", json={"config_id": alice.config_id}, headers=alice.headers
     )
     ltp = runtime.market.quote("TCS", "NSE").ltp
-    low = str((ltp * Decimal("0.9")).quantize(Decimal("0.05")))
+    low = str((ltp * Decimal("0.96")).quantize(Decimal("0.1")))
     order = {
         "symbol": "TCS",
         "exchange": "NSE",

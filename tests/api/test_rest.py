@@ -7,6 +7,7 @@ from decimal import Decimal
 import httpx
 
 from tests.api.conftest import Account
+from trading_backend.risk import RiskLimits
 from trading_backend.runtime import Runtime
 
 
@@ -84,7 +85,7 @@ async def test_full_trading_flow(
     assert placed.headers["X-Correlation-ID"]
 
     ltp = runtime.market.quote("INFY", "NSE").ltp
-    limit = str((ltp * Decimal("0.95")).quantize(Decimal("0.05")))
+    limit = str((ltp * Decimal("0.95")).quantize(Decimal("0.1")))
     resting = await client.post(
         "/api/v1/brokers/orders/place",
         json={
@@ -152,8 +153,15 @@ async def test_idempotent_placement_returns_first_order(
 
 
 async def test_broker_rejection_is_a_4xx_with_the_order(
-    client: httpx.AsyncClient, alice: Account
+    client: httpx.AsyncClient, alice: Account, runtime: Runtime
 ) -> None:
+    # Limits off for Alice, and no session yet (so the engine knows no funds): the order
+    # reaches the broker, which refuses it.
+    runtime.risk_engine.set_limits(
+        alice.user_id,
+        None,
+        RiskLimits(max_order_value=None, max_symbol_exposure=None, max_gross_exposure=None),
+    )
     response = await client.post(
         "/api/v1/brokers/orders/place",
         json={"config_id": alice.config_id, "order": market(quantity=5_000)},
@@ -168,7 +176,8 @@ async def test_broker_rejection_is_a_4xx_with_the_order(
         json={"config_id": alice.config_id, "order": market("NOSUCHCO")},
         headers=alice.headers,
     )
-    assert unknown.status_code == 422 and unknown.json()["error_code"] == "INSTRUMENT_NOT_FOUND"
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == "INSTRUMENT_NOT_FOUND"
+    assert unknown.json()["details"]["rule"] == "instrument_exists_and_tradable"
 
 
 async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, alice: Account) -> None:
@@ -259,7 +268,7 @@ async def test_config_with_working_orders_cannot_be_deleted(
     client: httpx.AsyncClient, alice: Account, runtime: Runtime
 ) -> None:
     ltp = runtime.market.quote("TCS", "NSE").ltp
-    low = str((ltp * Decimal("0.9")).quantize(Decimal("0.05")))
+    low = str((ltp * Decimal("0.96")).quantize(Decimal("0.1")))
     body = {"config_id": alice.config_id, "order": market(order_type="LIMIT", price=low)}
     resting = await client.post("/api/v1/brokers/orders/place", json=body, headers=alice.headers)
     refused = await client.delete(

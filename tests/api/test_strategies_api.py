@@ -148,6 +148,9 @@ async def test_a_dca_strategy_trades_on_live_bars_and_reports_performance(
     )
     assert busy.status_code == 409 and busy.json()["error_code"], busy.text
 
+    await hosting.risk_service.settle()
+    # Watched by the strategy and by the risk monitor (a position is held).
+    assert hosting.market_hub.refcount("CRYPTO:BTCUSDT") == 2
     stopped = await http.post(f"/api/v1/strategies/{strategy_id}/stop", headers=alice.headers)
     assert stopped.status_code == 200 and stopped.json()["status"] == "STOPPED"
     patch = await http.patch(
@@ -157,7 +160,7 @@ async def test_a_dca_strategy_trades_on_live_bars_and_reports_performance(
     )
     assert patch.status_code == 200 and patch.json()["name"] == "renamed"
     assert patch.json()["params"]["interval_bars"] == 5
-    assert hosting.market_hub.refcount("CRYPTO:BTCUSDT") == 0
+    assert hosting.market_hub.refcount("CRYPTO:BTCUSDT") == 1  # the risk monitor's
     logs = await http.get(f"/api/v1/strategies/{strategy_id}/logs", headers=alice.headers)
     assert any(e["kind"] == "signal" for e in logs.json())
 

@@ -187,7 +187,11 @@ async def test_each_user_sees_only_their_own_orders(server: Server) -> None:
                         "order_type": "LIMIT",
                         "product_type": "DELIVERY",
                         "quantity": 1,
-                        "price": "1.00",
+                        "price": str(
+                            (
+                                server.runtime.market.quote("TCS", "NSE").ltp * Decimal("0.97")
+                            ).quantize(Decimal("0.1"))
+                        ),
                     },
                 },
                 headers=alice.headers,

@@ -84,7 +84,7 @@ async def test_stop_orders_trigger(runtime: Runtime) -> None:
 async def test_modify_and_cancel_open_orders(runtime: Runtime) -> None:
     user_id, config_id = await user_with_config(runtime)
     ltp = runtime.market.quote("TCS", "NSE").ltp
-    low = (ltp * Decimal("0.9")).quantize(Decimal("0.05"))
+    low = (ltp * Decimal("0.96")).quantize(Decimal("0.1"))
     placed = await runtime.orders.place(
         user_id, config_id, order(order_type="LIMIT", price=low, quantity=4), wait=5
     )

@@ -62,8 +62,14 @@ class Placer:
         return order_id
 
 
-def assert_details(error: RiskRejected, rule: str, limit: object, value: object) -> None:
-    assert error.code is ErrorCode.RISK_REJECTED
+def assert_details(
+    error: RiskRejected,
+    rule: str,
+    limit: object,
+    value: object,
+    code: ErrorCode = ErrorCode.RISK_REJECTED,
+) -> None:
+    assert error.code is code
     assert error.details["rule"] == rule
     assert error.details["limit"] == limit
     assert error.details["value"] == value
@@ -78,7 +84,9 @@ def test_rules_run_cheap_structural_ones_first() -> None:
         "freeze_quantity",
         "max_order_quantity",
     ]
-    assert names[-4:] == ["max_open_positions", "symbol_exposure", "gross_exposure", "funds"]
+    assert names[-3:] == ["max_open_positions", "symbol_exposure", "gross_exposure"]
+    # Funds right after the price checks: "not enough money" beats "over a limit".
+    assert names.index("funds") == names.index("price_band") + 1
     assert len(set(names)) == len(names) == 17
 
 
@@ -86,7 +94,13 @@ def test_instrument_exists_and_tradable() -> None:
     engine = make_engine(OFF)
     Placer(engine)(order("BUY", 1, "3000"))
     error = rejected(engine, order("BUY", 1, "10", symbol="NOSUCH"))
-    assert_details(error, "instrument_exists_and_tradable", "a known instrument", "NSE:NOSUCH")
+    assert_details(
+        error,
+        "instrument_exists_and_tradable",
+        "a known instrument",
+        "NSE:NOSUCH",
+        ErrorCode.INSTRUMENT_NOT_FOUND,
+    )
     assert "unknown instrument NSE:NOSUCH" in error.message
     error = rejected(engine, order("BUY", 1, "26000", symbol="NIFTY"))
     assert_details(error, "instrument_exists_and_tradable", "a tradable instrument", "INDEX")

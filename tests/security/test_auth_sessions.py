@@ -216,6 +216,7 @@ async def test_order_placement_has_its_own_limit(make_client: ClientFactory) -> 
         body = {
             "config_id": config.json()["config_id"],
             "order": {"symbol": "TCS", "side": "BUY", "order_type": "MARKET", "quantity": 1},
+            "intentional": True,  # the same order again on purpose: not a duplicate
         }
         codes = [
             (

@@ -14,9 +14,9 @@ from structlog.testing import capture_logs
 
 from tests.helpers import order, user_with_config
 from tests.strategies.conftest import Engine
-from tests.strategies.fakes import make_bar
+from tests.strategies.fakes import make_bar, make_tick
 from tests.strategies.toys import Gated
-from trading_backend.domain import DomainError, ErrorCode, OrderStatus
+from trading_backend.domain import DomainError, ErrorCode, Exchange, OrderStatus
 from trading_backend.storage.models import (
     AuditLogRow,
     OrderRow,
@@ -24,6 +24,7 @@ from trading_backend.storage.models import (
     StrategySignalRow,
     TradeRow,
 )
+from trading_backend.strategies.base import BaseStrategy, Subscription, TickView
 from trading_backend.strategies.context import RunnerContext
 from trading_backend.strategies.runner import StrategyRunner
 
@@ -55,12 +56,28 @@ async def _bars(engine: Engine, symbol: str, *closes: int, first: int = 0) -> No
         await engine.runner.drain()
 
 
-def _ctx(engine: Engine, strategy_id: str) -> RunnerContext:
-    strategy = engine.runner.strategy(strategy_id)
+def _ctx(engine: Engine, strategy_id: str, runner: StrategyRunner | None = None) -> RunnerContext:
+    strategy = (runner or engine.runner).strategy(strategy_id)
     assert strategy is not None
     ctx = strategy.ctx
     assert isinstance(ctx, RunnerContext)
     return ctx
+
+
+async def _batching_runner(engine: Engine) -> StrategyRunner:
+    """A runner whose flusher never fires during a test: states changed without an order
+    reach the database only through ``flush_states()``, ``drain()`` or a stop."""
+    runner = StrategyRunner(
+        engine.runtime.db,
+        engine.registry,
+        engine.feed,
+        engine.reader,
+        engine.runtime.orders,
+        engine.runtime.recorder,
+        state_flush_seconds=3600,
+    )
+    await runner.start()
+    return runner
 
 
 async def test_toy_strategy_trades_through_the_paper_broker(engine: Engine) -> None:
@@ -223,8 +240,11 @@ async def test_order_updates_resting_orders_and_cancel(engine: Engine) -> None:
     assert working.status is OrderStatus.OPEN and working.tag == created.id
 
     # Someone else's order (the user's own manual one) is not the strategy's to cancel.
+    below = (engine.runtime.market.quote("SBIN", "NSE").ltp * Decimal("0.97")).quantize(
+        Decimal("0.1")
+    )
     manual = await engine.runtime.orders.place(
-        user_id, config_id, order(symbol="SBIN", order_type="LIMIT", price="100"), wait=5
+        user_id, config_id, order(symbol="SBIN", order_type="LIMIT", price=str(below)), wait=5
     )
     with pytest.raises(DomainError) as caught:
         await ctx.cancel_order(manual.order.order_id)
@@ -406,4 +426,98 @@ async def test_resume_of_an_unloadable_strategy_is_an_error(engine: Engine) -> N
     assert runner.running_ids == []
     view = await engine.service.get(user_id, created.id)
     assert view.status == "ERROR" and "uninstalled_plugin" in (view.error or "")
+    await runner.stop()
+
+
+async def test_a_state_change_without_an_order_is_written_by_the_next_flush(
+    engine: Engine,
+) -> None:
+    runner = await _batching_runner(engine)
+    user_id, config_id = await user_with_config(engine.runtime)
+    created = await engine.service.create(user_id, "rest", "resting_order", config_id)
+    assert await runner.start_strategy(created.id) == "RUNNING"
+    for price in (500, 501):
+        await engine.feed.push_tick(make_tick("SBIN", price))
+    await runner.drain(flush=False)
+    assert _ctx(engine, created.id, runner).state == {"ticks": 2}
+    assert (await _row(engine, created.id)).state == {}  # only marked dirty
+
+    assert await runner.flush_states() == 1
+    assert (await _row(engine, created.id)).state == {"ticks": 2}
+    assert await runner.flush_states() == 0  # nothing left to write
+    await runner.stop()
+
+
+async def test_a_callback_that_places_an_order_has_its_state_written_at_once(
+    engine: Engine,
+) -> None:
+    runner = await _batching_runner(engine)
+    user_id, config_id = await user_with_config(engine.runtime)
+    created = await engine.service.create(user_id, "rest", "resting_order", config_id)
+    assert await runner.start_strategy(created.id) == "RUNNING"
+    await engine.feed.push_bar(make_bar("SBIN", 500))  # on_bar places a resting order
+    await runner.drain(flush=False)
+    state = _ctx(engine, created.id, runner).state
+    assert "OPEN" in state["updates"]
+    [working] = await _ctx(engine, created.id, runner).open_orders()
+    assert state["order_id"] == working.order_id
+    # on_bar's state (the order) and the order updates' (what the strategy saw of it) are
+    # written as each callback returns: no flush has run.
+    assert (await _row(engine, created.id)).state == state
+    await runner.stop()
+
+
+async def test_shutdown_writes_dirty_state_and_a_new_runner_resumes_with_it(
+    engine: Engine,
+) -> None:
+    runner = await _batching_runner(engine)
+    user_id, config_id = await user_with_config(engine.runtime)
+    created = await engine.service.create(user_id, "rest", "resting_order", config_id)
+    assert await runner.start_strategy(created.id) == "RUNNING"
+    for price in (500, 501, 502):
+        await engine.feed.push_tick(make_tick("SBIN", price))
+    await runner.drain(flush=False)
+    assert (await _row(engine, created.id)).state == {}
+
+    await runner.stop()  # process shutdown
+    row = await _row(engine, created.id)
+    assert row.status == "RUNNING" and row.state == {"ticks": 3}
+
+    resumed = await _batching_runner(engine)
+    assert resumed.is_running(created.id)
+    assert _ctx(engine, created.id, resumed).state == {"ticks": 3}
+    await resumed.stop()
+
+
+class _TicksThenNotJson(BaseStrategy):
+    """Counts SBIN ticks; on the third puts something that is not JSON in its state."""
+
+    name = "ticks_then_not_json"
+
+    def subscriptions(self) -> list[Subscription]:
+        return [Subscription("SBIN", Exchange.NSE, ticks=True)]
+
+    async def on_tick(self, tick: TickView) -> None:
+        self.ctx.state["ticks"] = self.ctx.state.get("ticks", 0) + 1
+        if self.ctx.state["ticks"] == 3:
+            self.ctx.state["bad"] = object()
+
+
+async def test_state_that_is_not_json_fails_at_once_and_keeps_the_unwritten_json_state(
+    engine: Engine,
+) -> None:
+    engine.registry.register(_TicksThenNotJson)
+    runner = await _batching_runner(engine)
+    user_id, config_id = await user_with_config(engine.runtime)
+    created = await engine.service.create(user_id, "bad", "ticks_then_not_json", config_id)
+    assert await runner.start_strategy(created.id) == "RUNNING"
+    for price in (500, 501, 502, 503):
+        await engine.feed.push_tick(make_tick("SBIN", price))
+    await runner.drain(flush=False)
+    assert not runner.is_running(created.id)
+    view = await engine.service.get(user_id, created.id)
+    assert view.status == "ERROR" and "JSON serializable" in (view.error or "")
+    # The failure wrote the last state that was JSON, which was only marked dirty.
+    assert view.state == {"ticks": 2}
+    assert engine.feed.subscribers("NSE:SBIN") == 0
     await runner.stop()

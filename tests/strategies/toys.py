@@ -116,7 +116,7 @@ class RestingOrder(BaseStrategy):
                 order_type="LIMIT",
                 product_type="INTRADAY",
                 quantity=1,
-                price=round_to_tick(quote.ltp * Decimal("0.8"), Decimal("0.05")),
+                price=round_to_tick(quote.ltp * Decimal("0.96"), Decimal("0.05")),
                 tag="ignored",
             )
         )

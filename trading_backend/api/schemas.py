@@ -95,6 +95,11 @@ class PlaceOrderIn(BaseModel):
         description="LOW for bulk work that may wait behind ordinary orders; HIGH is kept"
         " for cancels and square-offs",
     )
+    intentional: bool = Field(
+        default=False,
+        description="a repeat of a recent identical order on purpose: skip the risk"
+        " engine's duplicate check",
+    )
 
 
 class ModifyOrderIn(BaseModel):

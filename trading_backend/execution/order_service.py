@@ -101,9 +101,12 @@ class OrderService:
         wait: float = 0.0,
         ip: str | None = None,
         strategy_id: str | None = None,
+        intentional: bool = False,
+        square_off: bool = False,
     ) -> OrderResult:
         """``strategy_id``: the strategy placing the order (kept on the order row, so the
-        strategy's orders, fills and positions can be told apart from the user's own)."""
+        strategy's orders, fills and positions can be told apart from the user's own).
+        ``intentional`` and ``square_off`` go to the risk check (see ``RiskCheck``)."""
         if request.client_order_id:
             existing = await self._existing(user_id, request.client_order_id)
             if existing is not None:
@@ -113,10 +116,18 @@ class OrderService:
                         ErrorCode.CONFLICT,
                     )
                 return OrderResult(existing, Outcome(True), created=False)
-        await self._risk.check(user_id, config_id, request)
         order = Order.from_request(new_order_id(), user_id, config_id, request)
+        await self._risk.check(
+            user_id,
+            config_id,
+            request,
+            order_id=order.order_id,
+            intentional=intentional,
+            square_off=square_off,
+        )
         cid = correlation_id.get()
         entry_id: int | None = None
+        persisted = False
         try:
             async with self._db() as session, session.begin():
                 await self._require_config(session, user_id, config_id)
@@ -155,6 +166,7 @@ class OrderService:
                     ip=ip,
                     correlation_id=cid,
                 )
+            persisted = True
         except IntegrityError:
             if entry_id is not None:
                 self._queue.forget(entry_id)
@@ -164,6 +176,9 @@ class OrderService:
                 if existing is not None:
                     return OrderResult(existing, Outcome(True), created=False)
             raise
+        finally:
+            if not persisted:  # accepted by risk but never stored: give its room back
+                self._risk.release(order.order_id)
         self._queue.notify()
         log.info(
             "order_accepted",

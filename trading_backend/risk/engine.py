@@ -284,6 +284,11 @@ class RiskEngine:
         else:
             account.available_funds = amount
 
+    def reserved_funds(self, config_id: str) -> Decimal:
+        """Funds the engine holds for the account's working orders (zero if unknown)."""
+        account = self._accounts.get(config_id)
+        return account.reserved_funds if account is not None else ZERO
+
     def load_position(
         self,
         user_id: str,

@@ -12,13 +12,41 @@ class RiskRejected(DomainError):
 
 
 class RiskCheck(Protocol):
-    async def check(self, user_id: str, config_id: str, order: BrokerOrder) -> None:
-        """Raise ``RiskRejected`` to refuse the order; return to accept it."""
+    async def check(
+        self,
+        user_id: str,
+        config_id: str,
+        order: BrokerOrder,
+        *,
+        order_id: str,
+        intentional: bool = False,
+        square_off: bool = False,
+    ) -> None:
+        """Raise ``RiskRejected`` to refuse the order; return to accept it, with its
+        exposure and funds reserved under ``order_id``. ``intentional``: not a duplicate
+        even if it looks like one; ``square_off``: closes a position (allowed in any
+        trading state)."""
+        ...
+
+    def release(self, order_id: str) -> None:
+        """Undo the reservation of an accepted order that was not persisted after all."""
         ...
 
 
 class PassThroughRisk:
-    """Accepts every well-formed order (the real engine replaces this)."""
+    """Accepts every well-formed order (tests of the order path without limits)."""
 
-    async def check(self, user_id: str, config_id: str, order: BrokerOrder) -> None:
+    async def check(
+        self,
+        user_id: str,
+        config_id: str,
+        order: BrokerOrder,
+        *,
+        order_id: str,
+        intentional: bool = False,
+        square_off: bool = False,
+    ) -> None:
+        return None
+
+    def release(self, order_id: str) -> None:
         return None

@@ -307,7 +307,11 @@ class InstrumentExistsAndTradable:
         info = ctx.info
         if info is None:
             return Violation(
-                self.name, "a known instrument", ctx.key, f"unknown instrument {ctx.key}"
+                self.name,
+                "a known instrument",
+                ctx.key,
+                f"unknown instrument {ctx.key}",
+                code=ErrorCode.INSTRUMENT_NOT_FOUND,
             )
         if not info.tradable:
             kind = info.instrument.instrument_type.value
@@ -735,6 +739,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     TradingStateRule(),
     LastPrice(),
     PriceBand(),
+    Funds(),  # before the limits: "not enough money" is the more useful answer
     MaxOrderValue(),
     Duplicate(),
     OrderRate(),
@@ -742,7 +747,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     MaxOpenPositions(),
     SymbolExposure(),
     GrossExposure(),
-    Funds(),
 )
 
 __all__ = [

@@ -166,6 +166,7 @@ async def place_order(
         priority=Priority[body.priority],
         wait=runtime.settings.order_wait_seconds if wait is None else wait,
         ip=client_ip(request),
+        intentional=body.intentional,
     )
     return _order_response(result, 201)
 
