@@ -88,6 +88,7 @@ def payload(config_id: str, i: int) -> dict[str, Any]:
             "product_type": "INTRADAY",
             "quantity": 1,
         },
+        "intentional": True,  # identical orders on purpose: not duplicates for the risk engine
     }
 
 
@@ -151,6 +152,8 @@ async def main() -> None:
         # Limits stay on (their cost is part of the path) but high enough not to refuse.
         "RATE_LIMIT_ORDERS": "1000000/second",
         "RATE_LIMIT_API": "1000000/second",
+        # The risk engine checks every rule; its order rate (10/s by default) is raised.
+        "RISK_DEFAULT_LIMITS": '{"order_rate_per_second": 1000000}',
     }
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
