@@ -63,6 +63,12 @@ COMMANDS = [
     ["strategies", "performance"],
     ["strategies", "logs"],
     ["strategies", "run"],
+    ["risk"],
+    ["risk", "limits"],
+    ["risk", "set-limits"],
+    ["risk", "status"],
+    ["risk", "kill-switch"],
+    ["risk", "reset"],
     ["data"],
     ["data", "import"],
     ["data", "export"],
@@ -261,6 +267,52 @@ def test_strategies_commands(server: str, env: dict[str, str]) -> None:
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
     missing = cli("strategies", "show", strategy_id, *api, env=env)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_risk_commands(server: str, env: dict[str, str]) -> None:
+    api = ["--api-url", server]
+
+    def buy(quantity: int) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "order", "place", "--config-id", "demo-paper", "--symbol", "TCS", "--side", "BUY",
+            "--quantity", str(quantity), *api, env=env,
+        )  # fmt: skip
+
+    status = cli("risk", "status", *api, env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "demo-paper" in status.stdout and "ACTIVE" in status.stdout
+    assert "max_open_orders" in status.stdout
+
+    tight = cli("risk", "set-limits", "--limit", "max_order_value=50000", *api, env=env)
+    assert tight.returncode == 0, tight.stdout + tight.stderr
+    row = next(line for line in tight.stdout.splitlines() if "max_order_value" in line)
+    assert row.count("50,000") == 2 and "1,000,000" in row, tight.stdout  # effective, own
+    shown = cli("risk", "limits", "--json", *api, env=env)
+    assert json.loads(shown.stdout)["effective"]["max_order_value"] == 50000
+    loose = cli("risk", "set-limits", "--limit", "max_order_value=99999999", *api, env=env)
+    assert loose.returncode == 1 and "VALIDATION_ERROR" in loose.stderr, loose.stdout + loose.stderr
+    assert "max_order_value" in loose.stderr
+    over = buy(100)  # ~3,150 x 100 is over 50,000
+    assert over.returncode == 1 and "RISK_REJECTED" in over.stderr, over.stdout + over.stderr
+
+    killed = cli(
+        "risk", "kill-switch", "account", "--config-id", "demo-paper", "--reason", "cli test",
+        *api, env=env,
+    )  # fmt: skip
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    assert json.loads(killed.stdout)["state"] == "HALTED"
+    halted = cli("risk", "status", "--config-id", "demo-paper", *api, env=env)
+    assert "HALTED" in halted.stdout and "cli test" in halted.stdout, halted.stdout
+    refused = buy(1)
+    assert refused.returncode == 1 and "RISK_REJECTED" in refused.stderr
+    assert "halted for account:demo-paper (cli test)" in refused.stderr, refused.stderr
+
+    everyone = cli("risk", "kill-switch", "global", *api, env=env)  # the demo user is an ADMIN
+    assert everyone.returncode == 1 and "FORBIDDEN" in everyone.stderr
+    reset = cli("risk", "reset", "account:demo-paper", *api, env=env)
+    assert reset.returncode == 0 and json.loads(reset.stdout)["state"] == "ACTIVE", reset.stderr
+    again = buy(1)
+    assert again.returncode == 0 and "FILLED" in again.stdout, again.stdout + again.stderr
 
 
 def test_user_and_broker_commands(env: dict[str, str]) -> None:

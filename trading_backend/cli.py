@@ -1,8 +1,8 @@
 """The ``trading-backend`` command line.
 
 Server-side commands (serve, worker, strategies run, db, user, broker, keys, audit) work
-on the database directly. Trading commands (order, strategies, status) talk to a running
-server's REST API, logging in
+on the database directly. Trading commands (order, strategies, risk, status) talk to a
+running server's REST API, logging in
 with --username/--password (or TB_USERNAME/TB_PASSWORD, or the demo credentials in the
 data directory).
 """
@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trading_backend import data_cli
+from trading_backend import data_cli, risk_cli
 from trading_backend.accounts import audit_cli
 from trading_backend.domain import DomainError, ErrorCode
 from trading_backend.strategies import cli as strategies_cli
@@ -46,6 +46,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(api_key_app, name="api-key")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(strategies_cli.app, name="strategies")
+app.add_typer(risk_cli.app, name="risk")
 app.add_typer(data_cli.app, name="data")
 
 console = Console()

@@ -40,6 +40,10 @@ def _body(path: str, method: str, alice: Account) -> dict[str, Any] | None:
         return {"config_id": alice.config_id, "order": order}
     if path.endswith("/brokers/add"):
         return {"config_id": alice.config_id}
+    if path == "/api/v1/risk/limits" and method == "put":
+        return {"config_id": alice.config_id, "limits": {"max_order_value": 1}}
+    if path == "/api/v1/risk/kill-switch":
+        return {"scope": "account", "config_id": alice.config_id, "reason": "bob's"}
     if path == "/api/v1/strategies" and method == "post":
         return {"name": "bob's", "kind": "dca", "config_id": alice.config_id}
     if method == "patch":
@@ -130,6 +134,11 @@ async def test_other_users_ids_are_not_found_on_every_route(
     assert kept.status_code == 200, kept.text
     assert kept.json()["name"] == "alice dca" and kept.json()["status"] == "STOPPED"
     assert len((await client.get("/api/v1/brokers/configs", headers=alice.headers)).json()) == 1
+    risk = await client.get(
+        "/api/v1/risk/limits", params={"config_id": alice.config_id}, headers=alice.headers
+    )
+    assert risk.json()["own"] is None and risk.json()["effective"]["max_order_value"] > 1
+    assert runtime.risk_engine.effective_state(alice.user_id, alice.config_id)[0] == "ACTIVE"
     keys = (await client.get("/api/v1/auth/api-keys", headers=alice.headers)).json()
     assert [k["key_id"] for k in keys if k["active"]] == [key_id]
     # And Bob's own listings show nothing of Alice's.

@@ -96,11 +96,60 @@ async def test_permission_matrix(make_client: ClientFactory) -> None:
         assert missing.status_code == 404
 
 
+async def test_risk_permission_matrix(make_client: ClientFactory) -> None:
+    """The risk rows of the matrix: users tighten their own limits and hit their own kill
+    switches; administrators set USERs' ceilings and reset; only a SUPER_ADMIN stops or
+    resumes everyone. An API key needs the admin scope for what needs the role."""
+    async with make_client() as (client, runtime):
+        root = await register(client, "root")  # first user: ADMIN
+        alice = await register(client, "alice")
+        admin, user = bearer(root["access_token"]), bearer(alice["access_token"])
+        ceiling = f"/api/v1/admin/risk/limits/{alice['user_id']}"
+        reset_alice = {"scope": f"user:{alice['user_id']}"}
+
+        async def status(method: str, url: str, headers: dict[str, str], body: Any = None) -> int:
+            response = await client.request(method, url, json=body, headers=headers)
+            return response.status_code
+
+        assert await status("PUT", "/api/v1/risk/limits", user, {"limits": {}}) == 200
+        assert await status("POST", "/api/v1/risk/kill-switch", user, {"scope": "user"}) == 200
+        assert await status("GET", ceiling, user) == 403
+        assert await status("POST", "/api/v1/risk/reset", user, reset_alice) == 403
+        assert await status("POST", "/api/v1/risk/kill-switch", user, {"scope": "global"}) == 403
+
+        assert await status("PUT", ceiling, admin, {"limits": {"max_order_value": 1000}}) == 200
+        own_ceiling = f"/api/v1/admin/risk/limits/{root['user_id']}"
+        assert await status("GET", own_ceiling, admin) == 403  # administrators: SUPER_ADMIN
+        assert await status("POST", "/api/v1/risk/kill-switch", admin, {"scope": "global"}) == 403
+        assert await status("POST", "/api/v1/risk/reset", admin, {"scope": "global"}) == 403
+        key = await client.post(
+            "/api/v1/auth/api-keys", json={"name": "ops", "scopes": ["trade"]}, headers=admin
+        )
+        trade_key = {"X-API-Key": key.json()["key"]}
+        scoped = await client.post("/api/v1/risk/reset", json=reset_alice, headers=trade_key)
+        assert scoped.status_code == 403 and scoped.json()["error_code"] == "INSUFFICIENT_SCOPE"
+        assert await status("POST", "/api/v1/risk/reset", admin, reset_alice) == 200
+
+        async with runtime.db() as session, session.begin():
+            row = await session.get(User, root["user_id"])
+            assert row is not None
+            row.role = "SUPER_ADMIN"
+        assert await status("GET", own_ceiling, admin) == 200
+        assert await status("POST", "/api/v1/risk/kill-switch", admin, {"scope": "global"}) == 200
+        assert await status("POST", "/api/v1/risk/reset", admin, {"scope": "global"}) == 200
+
+
 async def test_admins_can_be_required_to_use_two_factor(make_client: ClientFactory) -> None:
     async with make_client(require_admin_2fa=True) as (client, _):
         root = await register(client, "root")
         refused = await client.get("/api/v1/admin/users", headers=bearer(root["access_token"]))
         assert refused.status_code == 403 and "two-factor" in refused.json()["message"]
+        reset = await client.post(
+            "/api/v1/risk/reset",
+            json={"scope": f"user:{root['user_id']}"},
+            headers=bearer(root["access_token"]),
+        )
+        assert reset.status_code == 403 and "two-factor" in reset.json()["message"]
 
 
 async def test_rotation_re_encrypts_every_secret_under_the_newest_key(

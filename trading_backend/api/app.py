@@ -21,6 +21,7 @@ from trading_backend.api.routers import (
     brokers,
     health,
     market,
+    risk,
     strategies,
     two_factor,
     ws,
@@ -117,5 +118,7 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(market.router)
     app.include_router(strategies.router)
+    app.include_router(risk.router)
+    app.include_router(risk.admin_router)
     app.include_router(ws.router)
     return app

@@ -8,6 +8,9 @@ Permission matrix (also in the README):
 | system status, user list, audit (all)    | no   | yes   | yes         |
 | create USERs, enable/disable USERs       | no   | yes   | yes         |
 | grant/revoke ADMIN, manage admins        | no   | no    | yes         |
+| own risk limits, own kill switches       | yes  | yes   | yes         |
+| USERs' risk ceilings, reset user/account | no   | yes   | yes         |
+| global kill switch and reset             | no   | no    | yes         |
 | read another user's broker secrets       | no   | no    | no          |
 """
 
