@@ -136,3 +136,30 @@ async def test_day_orders_expire_at_the_session_close(runtime: Runtime) -> None:
     assert await runtime.expire_day_orders(datetime.now(UTC) + timedelta(days=4)) == 1
     expired = await runtime.orders.get(user_id, day.order.order_id)
     assert expired.status is OrderStatus.EXPIRED
+
+
+async def test_a_modification_passes_the_risk_engine_like_a_new_order(runtime: Runtime) -> None:
+    """Raising a resting order's quantity past max_order_value is refused; the order and
+    its reservation stay as they were."""
+    from trading_backend.risk import RiskLimits
+
+    user_id, config_id = await user_with_config(runtime)
+    runtime.risk_engine.set_limits(user_id, None, RiskLimits(max_order_value=Decimal("50000")))
+    ltp = runtime.market.quote("TCS", "NSE").ltp
+    low = (ltp * Decimal("0.97")).quantize(Decimal("0.1"))
+    placed = await runtime.orders.place(
+        user_id, config_id, order(order_type="LIMIT", price=low, quantity=2), wait=5
+    )
+    assert placed.order.status is OrderStatus.OPEN
+    with pytest.raises(DomainError) as refused:
+        await runtime.orders.modify(user_id, placed.order.order_id, quantity=100, wait=5)
+    assert refused.value.code is ErrorCode.RISK_REJECTED
+    assert refused.value.details["rule"] == "max_order_value"
+    unchanged = await runtime.orders.get(user_id, placed.order.order_id)
+    assert unchanged.quantity == 2 and unchanged.status is OrderStatus.OPEN
+    reserved = runtime.risk_engine.open_order(placed.order.order_id)
+    assert reserved is not None and reserved.remaining == 2
+    assert runtime.risk_engine.open_order_ids(config_id) == [placed.order.order_id]
+    # A modification within the limits goes through.
+    modified = await runtime.orders.modify(user_id, placed.order.order_id, quantity=3, wait=5)
+    assert modified.order.quantity == 3
