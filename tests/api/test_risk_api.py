@@ -159,6 +159,7 @@ async def test_own_limits_only_tighten_and_bind_orders(
         {"limits": {"max_order_value": -1}},
         {"limits": {"no_such_limit": 1}},
         {"limits": {"intraday_square_off": "25:99"}},
+        {"limits": {"intraday_square_off": "15:00"}},  # deployment-wide, not per user
         {"limits": {"on_loss_breach": "ACTIVE"}},
         {"limits": {}, "extra": 1},
     ):

@@ -21,6 +21,7 @@ from trading_backend.api.routers import (
     brokers,
     health,
     market,
+    metrics,
     risk,
     strategies,
     two_factor,
@@ -121,4 +122,5 @@ def create_app(
     app.include_router(risk.router)
     app.include_router(risk.admin_router)
     app.include_router(ws.router)
+    app.include_router(metrics.router)
     return app

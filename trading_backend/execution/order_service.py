@@ -71,6 +71,11 @@ class OrderService:
         self._recorder = recorder
         self._locks = locks
 
+    @property
+    def locks(self) -> KeyedLocks:
+        """The per-order locks every change of an order is committed under."""
+        return self._locks
+
     async def _require_config(self, session: AsyncSession, user_id: str, config_id: str) -> None:
         found = await session.scalar(
             select(BrokerConfig.id).where(
@@ -249,6 +254,8 @@ class OrderService:
                     candidate.modify(**changes)  # validates the resulting order
                 except IllegalTransition as exc:
                     raise DomainError(exc.message, ErrorCode.ORDER_NOT_MODIFIABLE) from None
+                # The new terms pass the risk engine like a new order would.
+                await self._risk.check_modify(order, candidate)
                 wire = {k: (str(v) if v is not None else None) for k, v in changes.items()}
                 await add_audit(
                     session,
@@ -259,20 +266,24 @@ class OrderService:
                     ip=ip,
                     correlation_id=cid,
                 )
-                if order.status is OrderStatus.PENDING:
+                pending = order.status is OrderStatus.PENDING
+                if pending:
                     # Not yet at the broker: change it in place, the worker sends the new one.
                     copy_order_to_row(candidate, row)
                     add_event(session, row, "MODIFIED", data=wire, correlation_id=cid)
-                    return OrderResult(candidate, Outcome(True))
-                add_event(session, row, "MODIFY_REQUESTED", data=wire, correlation_id=cid)
-                entry_id = await self._queue.enqueue(
-                    session,
-                    kind=MessageKind.MODIFY,
-                    order_id=order_id,
-                    priority=Priority.HIGH,
-                    payload=wire,
-                    correlation_id=cid,
-                )
+                else:
+                    add_event(session, row, "MODIFY_REQUESTED", data=wire, correlation_id=cid)
+                    entry_id = await self._queue.enqueue(
+                        session,
+                        kind=MessageKind.MODIFY,
+                        order_id=order_id,
+                        priority=Priority.HIGH,
+                        payload=wire,
+                        correlation_id=cid,
+                    )
+        if pending:
+            self._recorder._notify(candidate)  # committed: listeners (risk, feed) see it
+            return OrderResult(candidate, Outcome(True))
         self._queue.notify()
         outcome = await self._queue.wait_processed(entry_id, wait)
         return OrderResult(await self._after(user_id, order_id, outcome), outcome)
@@ -297,7 +308,8 @@ class OrderService:
                     ip=ip,
                     correlation_id=cid,
                 )
-                if order.status is OrderStatus.PENDING:
+                pending = order.status is OrderStatus.PENDING
+                if pending:
                     order.transition(OrderStatus.CANCELLED, message="cancelled before submission")
                     copy_order_to_row(order, row)
                     add_event(
@@ -308,15 +320,18 @@ class OrderService:
                         to_status=OrderStatus.CANCELLED.value,
                         correlation_id=cid,
                     )
-                    return OrderResult(order, Outcome(True))
-                add_event(session, row, "CANCEL_REQUESTED", correlation_id=cid)
-                entry_id = await self._queue.enqueue(
-                    session,
-                    kind=MessageKind.CANCEL,
-                    order_id=order_id,
-                    priority=Priority.HIGH,
-                    correlation_id=cid,
-                )
+                else:
+                    add_event(session, row, "CANCEL_REQUESTED", correlation_id=cid)
+                    entry_id = await self._queue.enqueue(
+                        session,
+                        kind=MessageKind.CANCEL,
+                        order_id=order_id,
+                        priority=Priority.HIGH,
+                        correlation_id=cid,
+                    )
+        if pending:
+            self._recorder._notify(order)  # committed: listeners (risk, feed) see it
+            return OrderResult(order, Outcome(True))
         self._queue.notify()
         outcome = await self._queue.wait_processed(entry_id, wait)
         return OrderResult(await self._after(user_id, order_id, outcome), outcome)

@@ -361,6 +361,7 @@ class OrderWorker:
             await self._refresh_from_broker(session, order)
             return outcome
         session.touch()
+        mirrored: Order | None = None
         async with self._locks.hold(order_id):
             async with self._db() as db, db.begin():
                 row = await db.get(OrderRow, order_id)
@@ -379,6 +380,9 @@ class OrderWorker:
                             data={k: str(v) for k, v in changes.items()},
                             correlation_id=correlation_id.get(),
                         )
+                        mirrored = current
+        if mirrored is not None:
+            self._recorder._notify(mirrored)  # committed: listeners (risk, feed) see it
         await self._refresh_from_broker(session, order)
         return Outcome(True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from trading_backend.domain import BrokerOrder, DomainError, ErrorCode
+from trading_backend.domain import BrokerOrder, DomainError, ErrorCode, Order
 
 
 class RiskRejected(DomainError):
@@ -32,6 +32,11 @@ class RiskCheck(Protocol):
         """Undo the reservation of an accepted order that was not persisted after all."""
         ...
 
+    async def check_modify(self, current: Order, modified: Order) -> None:
+        """Raise ``RiskRejected`` if ``modified`` (a working order's new terms) would not be
+        accepted as an order now; its reservation follows the order's next update."""
+        ...
+
 
 class PassThroughRisk:
     """Accepts every well-formed order (tests of the order path without limits)."""
@@ -49,4 +54,7 @@ class PassThroughRisk:
         return None
 
     def release(self, order_id: str) -> None:
+        return None
+
+    async def check_modify(self, current: Order, modified: Order) -> None:
         return None

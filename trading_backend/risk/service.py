@@ -3,13 +3,16 @@
 The engine (``risk/engine.py``) is pure and synchronous; this service feeds it and acts on
 what it decides:
 
-* start-up: instruments, limits (administrator ceilings tightened by the user's own),
-  stored trading states, working orders and open positions from the database;
+* start-up: instruments and their last prices, limits (administrator ceilings tightened
+  by the user's own), stored trading states, open positions, working orders and the day's
+  and week's P&L so far (from the trades) from the database;
 * every order: the instrument's last price, then ``check_and_reserve`` in one synchronous
   step (nothing can interleave, so concurrent orders cannot jointly breach a limit);
   ``release`` when the order is not persisted after all;
 * every committed order change (recorder listener): ``on_order`` (fills move reservations
-  into positions, final states release them);
+  into positions, final states release them), then the order's charges read back from its
+  trades (the loss limits count them);
+* every modification: ``check_modify``, the new terms checked in place of the old;
 * every price update of a held instrument (market-hub subscriptions, kept in step with the
   positions): ``on_price``, which evaluates the loss limits;
 * breaches and kill switches: the state is stored (it survives restarts), audited and
@@ -58,6 +61,7 @@ from trading_backend.storage.models import (
     PositionRow,
     RiskLimitRow,
     RiskStateRow,
+    TradeRow,
     utcnow,
 )
 from trading_backend.storage.repositories import add_audit, order_from_row
@@ -81,6 +85,47 @@ _OPEN = [s.value for s in OrderStatus if not s.is_final]
 # (user id or None for everyone, config id or None for every account) -> strategies stopped
 StopStrategies = Callable[[str | None, str | None], Awaitable[int]]
 CEILING, OWN = "ceiling", "own"
+# Square-off orders refused only by the order rate are retried a second later, this often.
+SQUARE_OFF_RATE_RETRIES = 60
+# Every limit off and the mildest choices: the base of an account's own limits, which
+# the engine always tightens with the user's.
+PERMISSIVE = RiskLimits(
+    max_order_value=None,
+    max_order_quantity=None,
+    max_open_orders=None,
+    max_open_positions=None,
+    max_symbol_exposure=None,
+    max_gross_exposure=None,
+    price_band_pct=None,
+    order_rate_per_second=None,
+    duplicate_window_seconds=None,
+    daily_loss_limit=None,
+    weekly_loss_limit=None,
+    on_loss_breach=TradingState.REDUCING,
+    square_off_on_breach=False,
+    intraday_square_off=None,
+)
+
+
+def _stored(limits: RiskLimits, given: Iterable[str]) -> dict[str, Any]:
+    """The fields given, parsed and validated, as JSON values (amounts as strings: JSON
+    numbers would turn them into floats)."""
+    plain = limits.to_dict()
+    return {
+        name: str(plain[name]) if isinstance(plain[name], Decimal) else plain[name]
+        for name in given
+    }
+
+
+def _day_start(now: datetime) -> datetime:
+    """00:00 IST of ``now``'s IST day (the loss limits' day)."""
+    return datetime.combine(now.astimezone(IST).date(), time(0), IST)
+
+
+def _week_start(now: datetime) -> datetime:
+    """Monday 00:00 IST of ``now``'s IST week."""
+    start = _day_start(now)
+    return start - timedelta(days=start.weekday())
 
 
 class RiskService:
@@ -94,6 +139,7 @@ class RiskService:
         *,
         clock: Callable[[], datetime] | None = None,
         stop_strategies: StopStrategies | None = None,
+        order_wait: float = 5.0,
     ) -> None:
         self._db = db
         self.engine = engine
@@ -103,6 +149,9 @@ class RiskService:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._stop_strategies = stop_strategies
         self.orders: OrderService | None = None  # set by the runtime (it needs us first)
+        # How long cancellations and square-off orders are waited for at the broker.
+        self.order_wait = order_wait
+        self._charged: dict[str, int] = {}  # order id -> filled quantity charges were read at
         self._funded: set[str] = set()
         self._owners: dict[str, str] = {}  # config id -> user id (ids are never reused)
         self._watching: dict[str, HubHandle] = {}
@@ -114,18 +163,23 @@ class RiskService:
 
     # -- start-up --------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load everything the engine needs from the database."""
+        """Load everything the engine needs from the database: instruments and their last
+        prices first (working orders reserve at the larger of their own and the last price,
+        exactly as when they were placed), then limits and states, positions, and the
+        working orders (whose reducing or opening nature depends on the positions)."""
         if self.started:
             return
-        self.engine.add_instruments(self._market.instruments())
+        instruments = self._market.instruments()
+        self.engine.add_instruments(instruments)
+        now = self.now()
+        for instrument in instruments:
+            last = self._last(instrument.symbol, instrument.exchange)
+            if last is not None:
+                self.engine.on_price(instrument.symbol, instrument.exchange, last, now)
         async with self._db() as session:
             await self._load_limits(session)
             for state_row in (await session.scalars(select(RiskStateRow))).all():
                 self.engine.set_state(state_row.scope, state_row.state, state_row.reason or "")
-            for order_row in (
-                await session.scalars(select(OrderRow).where(OrderRow.status.in_(_OPEN)))
-            ).all():
-                self.engine.load_open_order(order_from_row(order_row))
             net: dict[tuple[str, str, str, str], tuple[int, Decimal]] = {}
             for pos in (
                 await session.scalars(select(PositionRow).where(PositionRow.quantity != 0))
@@ -133,6 +187,31 @@ class RiskService:
                 key = (pos.user_id, pos.config_id, pos.exchange, pos.symbol)
                 quantity, cost = net.get(key, (0, ZERO))
                 net[key] = (quantity + pos.quantity, cost + pos.average_price * pos.quantity)
+            open_orders = [
+                order_from_row(row)
+                for row in (
+                    await session.scalars(
+                        select(OrderRow)
+                        .where(OrderRow.status.in_(_OPEN))
+                        .order_by(OrderRow.created_at, OrderRow.id)
+                    )
+                ).all()
+            ]
+            # The charges of working orders so far (the engine counts later ones as deltas).
+            order_charges: dict[str, Decimal] = {}
+            if open_orders:
+                for order_id, charge in (
+                    await session.execute(
+                        select(TradeRow.order_id, TradeRow.charges).where(
+                            TradeRow.order_id.in_([o.order_id for o in open_orders])
+                        )
+                    )
+                ).all():
+                    order_charges[order_id] = order_charges.get(order_id, ZERO) + charge
+            week_start = _week_start(now)
+            trades = (
+                await session.scalars(select(TradeRow).where(TradeRow.executed_at >= week_start))
+            ).all()
         for (user_id, config_id, exchange, symbol), (quantity, cost) in net.items():
             if quantity == 0:
                 continue
@@ -146,7 +225,73 @@ class RiskService:
                 last_price=self._last(symbol, exchange),
             )
             await self._watch(symbol, Exchange(exchange))
+        for order in open_orders:
+            self.engine.load_open_order(order, charges=order_charges.get(order.order_id, ZERO))
+            if order.filled_quantity:
+                self._charged[order.order_id] = order.filled_quantity
+        self._restore_pnl(net, trades, now)
         self.started = True
+
+    def _restore_pnl(
+        self,
+        net: dict[tuple[str, str, str, str], tuple[int, Decimal]],
+        trades: Iterable[TradeRow],
+        now: datetime,
+    ) -> None:
+        """Give the engine each account's P&L so far today and this week, so a restart does
+        not reset the loss limits: the cash flow of the period's trades, minus their
+        charges, plus the positions at the last price, minus the positions held at the
+        period's start valued at the previous close (the day's reference price)."""
+        day_start = _day_start(now)
+        # (user, config, exchange, symbol) -> [quantity today, this week]
+        moved: dict[tuple[str, str, str, str], list[int]] = {}
+        # (user, config) -> [cash today, this week, charges today, this week]
+        flows: dict[tuple[str, str], list[Decimal]] = {}
+        last_trade: dict[tuple[str, str], Decimal] = {}
+        for trade in trades:
+            sign = 1 if trade.side == OrderSide.BUY.value else -1
+            key = (trade.user_id, trade.config_id, trade.exchange, trade.symbol)
+            quantities = moved.setdefault(key, [0, 0])
+            flow = flows.setdefault((trade.user_id, trade.config_id), [ZERO] * 4)
+            today = trade.executed_at >= day_start
+            cash = -sign * trade.price * trade.quantity
+            quantities[1] += sign * trade.quantity
+            flow[1] += cash
+            flow[3] += trade.charges
+            if today:
+                quantities[0] += sign * trade.quantity
+                flow[0] += cash
+                flow[2] += trade.charges
+            last_trade[(trade.exchange, trade.symbol)] = trade.price
+        held: dict[tuple[str, str], list[tuple[str, str]]] = {}  # account -> instruments
+        for user_id, config_id, exchange, symbol in net.keys() | moved.keys():
+            held.setdefault((user_id, config_id), []).append((exchange, symbol))
+        for (user_id, config_id), instruments in held.items():
+            cash_day, cash_week, charges_day, charges_week = flows.get(
+                (user_id, config_id), [ZERO] * 4
+            )
+            day, week = cash_day - charges_day, cash_week - charges_week
+            for exchange, symbol in instruments:
+                key = (user_id, config_id, exchange, symbol)
+                now_quantity = net.get(key, (0, ZERO))[0]
+                moved_today, moved_week = moved.get(key, (0, 0))
+                last = self._last(symbol, exchange) or last_trade.get((exchange, symbol))
+                reference = self._reference(symbol, exchange) or last
+                if last is None or reference is None:
+                    continue  # an instrument the market no longer lists: no price to use
+                value = now_quantity * last
+                day += value - (now_quantity - moved_today) * reference
+                week += value - (now_quantity - moved_week) * reference
+            if day or week:
+                self.engine.load_pnl(user_id, config_id, day=day, week=week)
+
+    def _reference(self, symbol: str, exchange: Exchange | str) -> Decimal | None:
+        """The instrument's previous close, where the day's P&L of a position held
+        overnight starts."""
+        try:
+            return self._market.quote(symbol, exchange).close
+        except KeyError:
+            return None
 
     async def _load_limits(self, session: AsyncSession) -> None:
         rows = (await session.scalars(select(RiskLimitRow))).all()
@@ -156,18 +301,36 @@ class RiskService:
         for scope, kinds in by_scope.items():
             target = Scope.parse(scope)
             user_id = next(iter(kinds.values())).user_id
-            limits = self._effective(kinds.get(CEILING), kinds.get(OWN))
             if target.kind == "user":
-                self.engine.set_limits(user_id, None, limits)
+                self.engine.set_limits(user_id, None, self._user_limits(kinds))
             elif target.kind == "account":
-                self.engine.set_limits(user_id, target.id, limits)
+                self.engine.set_limits(user_id, target.id, self._account_override(kinds))
 
-    def _effective(self, ceiling: RiskLimitRow | None, own: RiskLimitRow | None) -> RiskLimits:
-        base = self.engine.default_limits
-        top = RiskLimits.from_dict(ceiling.limits, base=base) if ceiling is not None else base
+    def _user_limits(self, rows: dict[str, RiskLimitRow]) -> RiskLimits:
+        """A user's limits: the ceiling (the defaults where the administrator set none)
+        tightened by the user's own; a field the user did not give is the ceiling's."""
+        ceiling = self._ceiling(rows, self.engine.default_limits)
+        own = rows.get(OWN)
         if own is None:
-            return top
-        return top.tightened(RiskLimits.from_dict(own.limits, base=top))
+            return ceiling
+        return ceiling.tightened(RiskLimits.from_dict(own.limits, base=ceiling))
+
+    @staticmethod
+    def _ceiling(rows: dict[str, RiskLimitRow], base: RiskLimits) -> RiskLimits:
+        row = rows.get(CEILING)
+        return RiskLimits.from_dict(row.limits, base=base) if row is not None else base
+
+    @staticmethod
+    def _account_override(rows: dict[str, RiskLimitRow]) -> RiskLimits:
+        """An account's own limits as the engine takes them: only the fields given (in the
+        account's ceiling or the user's choices for it), everything else as loose as it
+        can be, so the user's limits (which the engine tightens them with) fill the rest
+        and later changes to them still apply."""
+        override = RiskService._ceiling(rows, PERMISSIVE)
+        own = rows.get(OWN)
+        if own is not None:
+            override = override.tightened(RiskLimits.from_dict(own.limits, base=PERMISSIVE))
+        return override
 
     # -- the order path (RiskCheck) --------------------------------------------------------
     def _last(self, symbol: str, exchange: Exchange | str) -> Decimal | None:
@@ -188,6 +351,28 @@ class RiskService:
     ) -> None:
         """Accept (and reserve) or raise ``RiskRejected`` naming the rule, the limit and
         the value. The last await is before the synchronous check-and-reserve."""
+        await self._check(
+            user_id,
+            config_id,
+            order,
+            order_id=order_id,
+            intentional=intentional,
+            square_off=square_off,
+        )
+
+    async def _check(
+        self,
+        user_id: str,
+        config_id: str,
+        order: BrokerOrder,
+        *,
+        order_id: str,
+        intentional: bool = False,
+        square_off: bool = False,
+        replacing: Order | None = None,
+    ) -> None:
+        """``replacing``: a working order whose reservation is lifted for the check (and
+        put back right after, in the same synchronous step): ``order`` takes its place."""
         await self._require_owner(user_id, config_id)
         await self._feed_funds(user_id, config_id)
         now = self.now()
@@ -196,6 +381,10 @@ class RiskService:
         breaches = (
             self.engine.on_price(order.symbol, exchange, last, now) if last is not None else []
         )
+        # From here to the end nothing awaits: no other order can see the lifted state.
+        lifted = self.engine.open_order(replacing.order_id) if replacing is not None else None
+        if lifted is not None:
+            self.engine.release(lifted.order_id)
         try:
             self.engine.check_and_reserve(
                 user_id,
@@ -213,11 +402,47 @@ class RiskService:
             self._spawn(self._audit_rejection(user_id, config_id, order, exc))
             raise
         finally:
+            if replacing is not None and lifted is not None:
+                self.engine.load_open_order(replacing, charges=lifted.charges)
+                restored = self.engine.open_order(replacing.order_id)
+                if restored is not None:  # exactly the fills it had seen
+                    restored.filled, restored.filled_value = lifted.filled, lifted.filled_value
             if breaches:
                 self._spawn(self._handle_breaches(breaches))
 
     def release(self, order_id: str) -> None:
         self.engine.release(order_id)
+
+    async def check_modify(self, current: Order, modified: Order) -> None:
+        """A modification passes every rule as if its new terms (the unfilled part) were
+        the order, in place of its old terms: the old reservation is lifted for the
+        check, so a modification is never an extra open order and shrinking an order is
+        never refused for the room its old terms took. Nothing changes in the books; the
+        reservation follows the order's next update (``on_order``). ``current`` is the
+        order as committed (read under its lock): the state the engine last saw."""
+        remaining = modified.quantity - modified.filled_quantity
+        if remaining <= 0:
+            return
+        request = BrokerOrder(
+            symbol=modified.symbol,
+            exchange=modified.exchange,
+            side=modified.side,
+            order_type=modified.order_type,
+            product_type=modified.product_type,
+            quantity=remaining,
+            price=modified.price,
+            trigger_price=modified.trigger_price,
+        )
+        probe = f"{current.order_id}~modify"
+        await self._check(
+            current.user_id,
+            current.config_id,
+            request,
+            order_id=probe,
+            intentional=True,
+            replacing=current,
+        )
+        self.engine.release(probe)
 
     async def _require_owner(self, user_id: str, config_id: str) -> None:
         """Another user's (or no) account is "not found", exactly as on the rest of the
@@ -282,10 +507,48 @@ class RiskService:
             return
         if order.filled_quantity:
             self._spawn(self._watch(order.symbol, order.exchange))
-        if order.status.is_final and not self.engine.open_order_ids(order.config_id):
-            self._funded.discard(order.config_id)  # the broker's figure is exact again
+            if order.filled_quantity > self._charged.get(order.order_id, 0):
+                self._charged[order.order_id] = order.filled_quantity
+                self._spawn(self._feed_charges(order.order_id))
+        if order.status.is_final:
+            self._charged.pop(order.order_id, None)
+            if not self.engine.open_order_ids(order.config_id):
+                self._funded.discard(order.config_id)  # the broker's figure is exact again
         if breaches:
             self._spawn(self._handle_breaches(breaches))
+
+    async def _feed_charges(self, order_id: str) -> None:
+        """Give the engine an order's charges so far (the sum of its trades'): the loss
+        limits count them. Order updates do not carry charges, so they are read back.
+
+        Under the order's lock, which every change of an order is committed under and
+        whose listeners run before the lock can pass on: the order read here is then the
+        one the engine has seen last, and handing it over again changes nothing but the
+        charges."""
+        assert self.orders is not None
+        async with self.orders.locks.hold(order_id):
+            async with self._db() as session:
+                row = await session.get(OrderRow, order_id)
+                if row is None:
+                    return
+                charges = sum(
+                    (
+                        await session.scalars(
+                            select(TradeRow.charges).where(TradeRow.order_id == order_id)
+                        )
+                    ).all(),
+                    ZERO,
+                )
+                order = order_from_row(row)
+            if not charges:
+                return
+            try:
+                breaches = self.engine.on_order(order, charges=charges, now=self.now())
+            except DomainError:
+                log.exception("risk_order_update_failed", order_id=order_id)
+                return
+        if breaches:
+            await self._handle_breaches(breaches)
 
     async def _watch(self, symbol: str, exchange: Exchange) -> None:
         key = f"{exchange.value}:{symbol}"
@@ -300,10 +563,13 @@ class RiskService:
     async def _on_tick(self, tick: TickView) -> None:
         breaches = self.engine.on_price(tick.symbol, tick.exchange, tick.ltp, tick.timestamp)
         if breaches:
-            await self._handle_breaches(breaches)
+            # Not awaited here: the market (every other subscriber) must not wait for the
+            # database and the square-off orders.
+            self._spawn(self._handle_breaches(breaches))
 
     # -- breaches, kill switches, square-off -------------------------------------------------
     async def _handle_breaches(self, breaches: Iterable[Breach]) -> None:
+        squared: set[Scope] = set()
         for breach in breaches:
             BREACHES.labels(rule=breach.rule, scope_kind=breach.scope.kind).inc()
             log.warning(
@@ -314,9 +580,12 @@ class RiskService:
                 loss=str(breach.value),
                 new_state=breach.new_state.value,
             )
-            await self._store_state(
-                breach.scope, breach.new_state, breach.message, by=None, kill_switch=False
-            )
+            # A kill switch (or a stricter breach) may have come in since: never loosen it.
+            current = self.engine.state(breach.scope).state
+            if current.strictness <= breach.new_state.strictness:
+                await self._store_state(
+                    breach.scope, breach.new_state, breach.message, by=None, kill_switch=False
+                )
             async with self._db() as session, session.begin():
                 await add_audit(
                     session,
@@ -330,7 +599,8 @@ class RiskService:
                         "state": breach.new_state.value,
                     },
                 )
-            if breach.square_off:
+            if breach.square_off and breach.scope not in squared:
+                squared.add(breach.scope)
                 await self.flatten(breach.scope, reason=breach.rule)
 
     async def _store_state(
@@ -382,26 +652,39 @@ class RiskService:
             return list((await session.scalars(query)).all())
 
     async def cancel_working(self, scope: Scope, product: ProductType | None = None) -> int:
-        """Cancel every working order of the scope; returns how many were asked."""
+        """Cancel every working order of the scope (all asked at once, then waited for, up
+        to ``order_wait`` seconds); returns how many were asked."""
         assert self.orders is not None
-        count = 0
-        for user_id, order_id in await self._scope_orders(scope, product):
+        orders = self.orders
+
+        async def cancel(user_id: str, order_id: str) -> bool:
             try:
-                await self.orders.cancel(user_id, order_id)
-                count += 1
+                await orders.cancel(user_id, order_id, wait=self.order_wait)
             except DomainError as exc:  # already final, or the broker refused
                 log.info("risk_cancel_skipped", order_id=order_id, reason=exc.message)
-        return count
+                return False
+            return True
+
+        asked = await asyncio.gather(
+            *(
+                cancel(user_id, order_id)
+                for user_id, order_id in await self._scope_orders(scope, product)
+            )
+        )
+        return sum(asked)
 
     async def flatten(
         self, scope: Scope, *, reason: str, product: ProductType | None = None
     ) -> list[str]:
         """Cancel the scope's working orders, then close its positions at market (orders
-        marked as square-offs: they pass a HALTED state since they only reduce risk)."""
+        marked as square-offs: they pass a HALTED state since they only reduce risk).
+        Returns the ids of the square-off orders, each placed and waited for (up to
+        ``order_wait`` seconds) at the broker."""
         assert self.orders is not None
+        orders = self.orders
         await self.cancel_working(scope, product)
-        placed: list[str] = []
-        for pos in await self._scope_positions(scope, product):
+
+        async def close(pos: PositionRow) -> str | None:
             request = BrokerOrder(
                 symbol=pos.symbol,
                 exchange=pos.exchange,
@@ -411,20 +694,44 @@ class RiskService:
                 quantity=abs(pos.quantity),
                 tag="risk-squareoff",
             )
-            try:
-                result = await self.orders.place(
-                    pos.user_id, pos.config_id, request, square_off=True
-                )
-                placed.append(result.order.order_id)
-            except DomainError as exc:
+            for attempt in range(SQUARE_OFF_RATE_RETRIES + 1):
+                try:
+                    result = await orders.place(
+                        pos.user_id,
+                        pos.config_id,
+                        request,
+                        square_off=True,
+                        intentional=True,
+                        wait=self.order_wait,
+                    )
+                except RiskRejected as exc:
+                    if exc.details.get("rule") == "order_rate" and (
+                        attempt < SQUARE_OFF_RATE_RETRIES
+                    ):
+                        # More positions than the order rate allows in a second: pace them.
+                        await asyncio.sleep(1.0)
+                        continue
+                    failure: DomainError = exc
+                except DomainError as exc:
+                    failure = exc
+                else:
+                    return result.order.order_id
                 log.error(
                     "risk_square_off_failed",
                     config_id=pos.config_id,
                     symbol=pos.symbol,
-                    error=exc.message,
+                    error=failure.message,
+                    details=failure.details,
                 )
-        log.warning("risk_square_off", scope=str(scope), reason=reason, orders=len(placed))
-        return placed
+                return None
+            return None
+
+        placed = await asyncio.gather(
+            *(close(pos) for pos in await self._scope_positions(scope, product))
+        )
+        ids = [order_id for order_id in placed if order_id is not None]
+        log.warning("risk_square_off", scope=str(scope), reason=reason, orders=len(ids))
+        return ids
 
     async def kill_switch(
         self, scope: Scope, *, by: str, flatten: bool = False, reason: str = "kill switch"
@@ -479,8 +786,28 @@ class RiskService:
         by: str,
         config_id: str | None = None,
     ) -> RiskLimits:
-        """Store a user's own limits (checked against the ceiling: tightening only) or an
-        administrator's ceiling; the engine applies the result at once."""
+        """Store a user's own limits (``kind="own"``: checked against the ceiling, tightening
+        only) or an administrator's ceiling (``kind="ceiling"``), for the user or for one of
+        the user's accounts (``config_id``); the engine applies the result at once. Returns
+        the limits that now apply.
+
+        Each call replaces that row with exactly the fields given (``{}`` clears it): a
+        field not given follows the ceiling (own limits) or the defaults (a ceiling), also
+        when those change later. An account's limits are always within the user's."""
+        if kind not in (CEILING, OWN):
+            raise DomainError(
+                f"kind must be {CEILING!r} or {OWN!r}, got {kind!r}",
+                ErrorCode.VALIDATION_ERROR,
+                field="kind",
+            )
+        if "intraday_square_off" in values:
+            raise DomainError(
+                "intraday_square_off is deployment-wide: set it in RISK_DEFAULT_LIMITS",
+                ErrorCode.VALIDATION_ERROR,
+                field="intraday_square_off",
+            )
+        if config_id is not None:
+            await self._require_owner(user_id, config_id)
         scope = str(Scope.for_account(config_id) if config_id else Scope.for_user(user_id))
         async with self._db() as session, session.begin():
             rows = {
@@ -489,13 +816,12 @@ class RiskService:
                     await session.scalars(select(RiskLimitRow).where(RiskLimitRow.scope == scope))
                 ).all()
             }
-            ceiling_row = rows.get(CEILING)
-            base = self.engine.default_limits
-            ceiling = (
-                RiskLimits.from_dict(ceiling_row.limits, base=base)
-                if ceiling_row is not None
-                else base
-            )
+            if config_id is None:
+                base = self.engine.default_limits
+                ceiling = self._ceiling(rows, base)
+            else:
+                base = self.engine.limits(user_id)
+                ceiling = base.tightened(self._ceiling(rows, PERMISSIVE))
             proposed = RiskLimits.from_dict(values, base=ceiling if kind == OWN else base)
             if kind == OWN:
                 ensure_within_ceiling(proposed, ceiling)
@@ -504,7 +830,7 @@ class RiskService:
                 row = RiskLimitRow(scope=scope, kind=kind, user_id=user_id)
                 session.add(row)
                 rows[kind] = row
-            row.limits = proposed.to_dict()
+            row.limits = _stored(proposed, values)
             row.updated_by = by
             row.updated_at = utcnow()
             await add_audit(
@@ -514,9 +840,9 @@ class RiskService:
                 target=scope,
                 data={"kind": kind, "for_user": user_id, **row.limits},
             )
-            effective = self._effective(rows.get(CEILING), rows.get(OWN))
-        self.engine.set_limits(user_id, config_id, effective)
-        return effective
+            applied = self._user_limits(rows) if config_id is None else self._account_override(rows)
+        self.engine.set_limits(user_id, config_id, applied)  # once stored
+        return self.engine.limits(user_id, config_id)
 
     def limits(self, user_id: str, config_id: str | None = None) -> RiskLimits:
         return self.engine.limits(user_id, config_id)
