@@ -96,9 +96,22 @@ class HubHandle:
 
 
 class MarketHub:
-    def __init__(self, market: SimulatedMarket, upstream: Upstream | None = None) -> None:
+    """``paper_prices`` (default) takes prices from the simulated ``market`` and refuses
+    instruments it does not know. An external feed (``marketdata.feeds``) passes False:
+    the hub then neither listens to the simulated market (its ticks would mix with the
+    broker's) nor checks instruments against it; the upstream's ``subscribe`` refuses
+    unknown ones and prices arrive through ``publish``."""
+
+    def __init__(
+        self,
+        market: SimulatedMarket,
+        upstream: Upstream | None = None,
+        *,
+        paper_prices: bool = True,
+    ) -> None:
         self._market = market
         self.upstream: Upstream = upstream or PaperUpstream()
+        self._paper_prices = paper_prices
         self._ids = itertools.count(1)
         self._consumers: dict[int, _Consumer] = {}
         self._by_key: dict[str, set[int]] = {}
@@ -124,7 +137,8 @@ class MarketHub:
     ) -> HubHandle:
         """Watch one instrument: ticks (when ``subscription.ticks``) and completed bars of
         ``subscription.timeframes``. Unknown instruments are refused by the market."""
-        self._market.quote(subscription.symbol, subscription.exchange)  # raises if unknown
+        if self._paper_prices:
+            self._market.quote(subscription.symbol, subscription.exchange)  # raises if unknown
         consumer = _Consumer(
             id=next(self._ids),
             key=subscription.key,
@@ -134,14 +148,16 @@ class MarketHub:
             on_bar=on_bar,
         )
         async with self._lock:
-            if not self._attached:
+            if not self._attached and self._paper_prices:
                 self._market.add_listener(self._on_quotes)
                 self._attached = True
             first = consumer.key not in self._by_key
+            if first:
+                # Before registering: an upstream refusal (unknown instrument, feed quota)
+                # must leave no consumer behind.
+                await self.upstream.subscribe(consumer.key)
             self._consumers[consumer.id] = consumer
             self._by_key.setdefault(consumer.key, set()).add(consumer.id)
-            if first:
-                await self.upstream.subscribe(consumer.key)
         return HubHandle(self, consumer.id)
 
     async def _remove(self, consumer_id: int) -> None:
@@ -167,6 +183,12 @@ class MarketHub:
             self._attached = False
 
     # -- fan-out -------------------------------------------------------------------------
+    async def publish(self, quotes: Iterable[Quote]) -> None:
+        """Feed ticks from an external source (a broker's live feed): aggregated into bars
+        and fanned out exactly like the simulated market's. Quotes of instruments nobody
+        watches are dropped."""
+        await self._on_quotes(quotes)
+
     def current_bar(
         self, symbol: str, exchange: Exchange | str, timeframe: Timeframe
     ) -> Bar | None:
