@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from trading_backend.accounts.two_factor import TwoFactorService
     from trading_backend.marketdata.candles import CandleService, Fetch
     from trading_backend.marketdata.hub import MarketHub
+    from trading_backend.marketdata.instruments import InstrumentStore
     from trading_backend.marketdata.reader import MarketDataReader
     from trading_backend.strategies.registry import StrategyRegistry
     from trading_backend.strategies.runner import StrategyRunner
@@ -147,6 +148,13 @@ class Runtime:
         from trading_backend.accounts.api_keys import ApiKeyService
 
         return ApiKeyService(self.db)
+
+    @cached_property
+    def instruments(self) -> InstrumentStore:
+        """Brokers' instrument masters (Angel One's scrip master): search and tokens."""
+        from trading_backend.marketdata.instruments import InstrumentStore
+
+        return InstrumentStore(self.db, min_ratio=self.settings.instruments_min_ratio)
 
     @cached_property
     def market_hub(self) -> MarketHub:
@@ -278,6 +286,15 @@ class Runtime:
                 self._spawn(
                     self.risk_service.run_intraday_square_off(square_off), "intraday-square-off"
                 )
+        # -- instruments (issue #6): daily Angel One scrip-master refresh, only when enabled
+        if market and self.settings.instruments_auto_refresh:
+            from trading_backend.marketdata.instruments import run_daily_refresh
+
+            self._spawn(
+                run_daily_refresh(self.instruments, self.settings, self._stop),
+                "instruments-refresh",
+            )
+        # -- end instruments
         if health_monitor:
             self._spawn(
                 self.sessions.run_health_monitor(self.settings.health_check_seconds),

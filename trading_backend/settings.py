@@ -74,6 +74,17 @@ class Settings(BaseSettings):
     max_derivatives_instruments: int = 500
     load_all_instruments: bool = False
     max_total_instruments: int = 150_000
+    # Angel One instrument master (trading_backend.marketdata.instruments): where to
+    # download it, the daily refresh (a background task, off by default) at this IST
+    # time, and how much smaller than the current table a new file may be before the load
+    # is refused as truncated.
+    angel_one_scrip_master_url: str = (
+        "https://margincalculator.angelbroking.com/OpenAPI_File/files/OpenAPIScripMaster.json"
+    )
+    instruments_auto_refresh: bool = False
+    instruments_refresh_time: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    instruments_download_timeout: float = Field(default=120.0, gt=0)
+    instruments_min_ratio: float = Field(default=0.5, ge=0, le=1)
 
     # Paper market and order path
     market_seed: int = 42

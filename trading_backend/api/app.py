@@ -20,6 +20,7 @@ from trading_backend.api.routers import (
     auth,
     brokers,
     health,
+    instruments,
     market,
     metrics,
     risk,
@@ -118,6 +119,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(audit.router)
     app.include_router(market.router)
+    app.include_router(instruments.router)
     app.include_router(strategies.router)
     app.include_router(risk.router)
     app.include_router(risk.admin_router)

@@ -21,6 +21,7 @@ SESSION_CLOSE: dict[Exchange, tuple[time, timezone, bool]] = {
     Exchange.BFO: (time(15, 30), IST, True),
     Exchange.CDS: (time(17, 0), IST, True),
     Exchange.MCX: (time(23, 30), IST, True),
+    Exchange.NCDEX: (time(17, 0), IST, True),
     Exchange.CRYPTO: (time(0, 0), UTC, False),
 }
 

@@ -12,6 +12,7 @@ class Exchange(StrEnum):
     MCX = "MCX"
     CDS = "CDS"
     BFO = "BFO"
+    NCDEX = "NCDEX"  # agricultural commodity derivatives (Angel One lists them)
     CRYPTO = "CRYPTO"
 
 

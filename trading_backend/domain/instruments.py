@@ -21,6 +21,9 @@ class Instrument:
     expiry: date | None = None
     strike: Decimal | None = None
     underlying: str | None = None
+    # The broker's own trading symbol when it differs from ``symbol`` (Angel One
+    # ``SBIN-EQ`` for our ``SBIN``, ``Nifty 50`` for ``NIFTY``); "" means the same.
+    broker_symbol: str = ""
 
     @property
     def key(self) -> str:

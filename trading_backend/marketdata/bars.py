@@ -55,6 +55,7 @@ SESSION_HOURS: dict[Exchange, tuple[time, time, timezone] | None] = {
     Exchange.BFO: (time(9, 15), time(15, 30), IST),
     Exchange.CDS: (time(9, 0), time(17, 0), IST),
     Exchange.MCX: (time(9, 0), time(23, 30), IST),
+    Exchange.NCDEX: (time(9, 0), time(17, 0), IST),
     Exchange.CRYPTO: None,
 }
 

@@ -58,6 +58,7 @@ SESSIONS: dict[Exchange, tuple[time, time] | None] = {
     Exchange.BFO: (time(9, 15), time(15, 30)),
     Exchange.CDS: (time(9, 0), time(17, 0)),
     Exchange.MCX: (time(9, 0), time(23, 30)),
+    Exchange.NCDEX: (time(9, 0), time(17, 0)),  # agricultural contracts
     Exchange.CRYPTO: None,
 }
 
