@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trading_backend import data_cli, risk_cli
+from trading_backend import data_cli, instruments_cli, risk_cli
 from trading_backend.accounts import audit_cli
 from trading_backend.domain import DomainError, ErrorCode
 from trading_backend.strategies import cli as strategies_cli
@@ -48,6 +48,12 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(strategies_cli.app, name="strategies")
 app.add_typer(risk_cli.app, name="risk")
 app.add_typer(data_cli.app, name="data")
+app.add_typer(instruments_cli.app, name="instruments")
+
+# Broker-specific setup commands (issue #6).
+from trading_backend.brokers import angel_one_cli  # noqa: E402
+
+angel_one_cli.register(broker_app)
 
 console = Console()
 err_console = Console(stderr=True)
