@@ -24,7 +24,8 @@ from trading_backend.accounts.tokens import TokenService
 from trading_backend.accounts.vault import Vault
 from trading_backend.brokers.base import BrokerContext
 from trading_backend.brokers.paper import SimulatedMarket
-from trading_backend.brokers.sessions import BrokerSessionManager
+from trading_backend.brokers.sessions import BrokerSession, BrokerSessionManager
+from trading_backend.domain import DomainError, ErrorCode, Exchange
 from trading_backend.domain.calendar import next_session_close
 from trading_backend.execution.locks import KeyedLocks
 from trading_backend.execution.order_feed import OrderFeed
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from trading_backend.marketdata.candles import CandleService, Fetch
     from trading_backend.marketdata.hub import MarketHub
     from trading_backend.marketdata.instruments import InstrumentStore
+    from trading_backend.marketdata.live import LiveMarket
     from trading_backend.marketdata.reader import MarketDataReader
     from trading_backend.strategies.registry import StrategyRegistry
     from trading_backend.strategies.runner import StrategyRunner
@@ -92,6 +94,17 @@ class Runtime:
         self.broker_context = BrokerContext(
             market=self.market, state_store=DatabaseStateStore(self.db)
         )
+        # Real adapters map our symbols to their tokens through the instrument master.
+        self.broker_context.extras["instrument_resolver"] = self.instruments.resolver("angel_one")
+        self.live_market: LiveMarket | None = None
+        if settings.market_data_source != "paper":
+            from trading_backend.marketdata.live import FeedUpstream, LiveMarket
+
+            resolver = self.instruments.resolver(settings.market_data_source)
+            self.live_market = LiveMarket(resolver, fetch=self._live_quote, clock=clock)
+            self.feed_upstream = FeedUpstream(resolver)
+        self._live_feed: Any = None
+        self.live_feed_ready = asyncio.Event()  # set once the live feed serves the hub
         self.locks = KeyedLocks()
         self.order_feed = OrderFeed()
         self.recorder = OrderRecorder(self.db, self.locks)
@@ -111,7 +124,7 @@ class Runtime:
         self.risk_service = RiskService(
             self.db,
             self.risk_engine,
-            self.market,
+            self.live_market or self.market,
             self.sessions,
             lambda: self.market_hub,
             clock=clock,
@@ -161,6 +174,8 @@ class Runtime:
         """Shared, reference-counted market subscriptions (strategies, WebSockets)."""
         from trading_backend.marketdata.hub import MarketHub
 
+        if self.live_market is not None:
+            return MarketHub(self.market, self.feed_upstream, paper_prices=False)
         return MarketHub(self.market)
 
     @cached_property
@@ -177,6 +192,13 @@ class Runtime:
         from trading_backend.brokers.base import BrokerConfigData
         from trading_backend.brokers.paper import PaperBroker
 
+        if self.live_market is not None:
+
+            async def from_broker(*args: Any) -> Any:
+                session = await self.market_data_session()
+                return await session.broker.get_historical_candles(*args)
+
+            return from_broker
         broker = PaperBroker(
             BrokerConfigData(config_id="market-history", user_id="system", broker="paper"),
             self.broker_context,
@@ -189,8 +211,95 @@ class Runtime:
         strategies."""
         from trading_backend.marketdata.reader import MarketDataReader, candle_history
 
-        history = candle_history(self.candles, "paper", self.history_source)
-        return MarketDataReader(self.market, self.market_hub, history)
+        source = self.settings.market_data_source
+        history = candle_history(self.candles, source, self.history_source)
+        return MarketDataReader(self.live_market or self.market, self.market_hub, history)
+
+    # -- a broker's live market data (MARKET_DATA_SOURCE) ---------------------------------
+    async def market_data_session(self) -> BrokerSession:
+        """The session of MARKET_DATA_CONFIG_ID, which feeds everybody's market data
+        (the broker limits feed connections per account, so one account serves all)."""
+        from sqlalchemy import select
+
+        from trading_backend.storage.models import BrokerConfig
+
+        config_id = self.settings.market_data_config_id
+        if not config_id:
+            raise DomainError(
+                "MARKET_DATA_CONFIG_ID must name the broker config whose session feeds "
+                f"market data when MARKET_DATA_SOURCE={self.settings.market_data_source}",
+                ErrorCode.VALIDATION_ERROR,
+            )
+        async with self.db() as db:
+            row = await db.scalar(select(BrokerConfig).where(BrokerConfig.id == config_id))
+        if row is None or row.broker != self.settings.market_data_source:
+            raise DomainError(
+                f"MARKET_DATA_CONFIG_ID {config_id!r} is not an active "
+                f"{self.settings.market_data_source} broker config",
+                ErrorCode.CONFIG_NOT_FOUND,
+            )
+        return await self.sessions.open(row.user_id, row.id)
+
+    async def _live_quote(self, symbol: str, exchange: Exchange) -> dict[str, Any]:
+        session = await self.market_data_session()
+        data: dict[str, Any] = await session.broker.get_market_data(symbol, exchange.value)
+        return data
+
+    async def _run_live_feed(self) -> None:
+        """Log in the market-data account, open its feed and hand it to the hub; retried
+        with back-off while the broker or the config is not usable."""
+        from trading_backend.brokers.angel_one.feed import AngelOneFeed, FeedCredentials
+        from trading_backend.marketdata.feeds import AngelOneFeedUpstream
+
+        assert self.live_market is not None
+        resolver = self.live_market.resolver
+        hub = self.market_hub
+        live = self.live_market
+
+        async def credentials() -> FeedCredentials:
+            session = await self.market_data_session()
+            if not await session.broker.is_session_valid():
+                await session.broker.authenticate()
+            found = session.broker.feed_credentials()
+            return FeedCredentials(
+                client_code=found["client_code"],
+                feed_token=found["feed_token"],
+                api_key=found["api_key"],
+                auth_token=found["jwt"],
+            )
+
+        async def resolve(key: str) -> tuple[str | int, str] | None:
+            found = resolver.resolve_key(key)
+            return (found[0].value, found[1]) if found is not None else None
+
+        async def sink(quotes: Any) -> None:
+            quotes = list(quotes)
+            await live.record(quotes)
+            await hub.publish(quotes)
+
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                session = await self.market_data_session()
+                url = session.broker.feed_credentials()["url"]
+                feed = AngelOneFeed(await credentials(), url=url, refresh_credentials=credentials)
+                upstream = AngelOneFeedUpstream(feed, resolve)
+                upstream.bind(sink)
+                await feed.start()
+            except DomainError as exc:
+                log.warning("live_feed_start_failed", error=exc.message, retry_in=delay)
+                await self._wait_stop(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self._live_feed = feed
+            await self.feed_upstream.attach(upstream)
+            self.live_feed_ready.set()
+            log.info("live_feed_started", source=self.settings.market_data_source)
+            return
+
+    async def _wait_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     @cached_property
     def strategy_registry(self) -> StrategyRegistry:
@@ -267,6 +376,8 @@ class Runtime:
         self.hosts_strategies = strategies
         if migrate:
             await upgrade_database(self.engine)
+        # Adapters (reconciliation below) and a live market need the instrument master.
+        await self.instruments.resolver("angel_one").refresh()
         await self.risk_service.start()
         if worker:
             # Embedded mode: this process is the only worker, so anything claimed by a
@@ -286,6 +397,8 @@ class Runtime:
                 self._spawn(
                     self.risk_service.run_intraday_square_off(square_off), "intraday-square-off"
                 )
+        if market and self.live_market is not None:
+            self._spawn(self._run_live_feed(), "live-feed")
         # -- instruments (issue #6): daily Angel One scrip-master refresh, only when enabled
         if market and self.settings.instruments_auto_refresh:
             from trading_backend.marketdata.instruments import run_daily_refresh
@@ -345,6 +458,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._live_feed is not None:
+            with contextlib.suppress(Exception):
+                await self._live_feed.close()
+            self._live_feed = None
         await self.sessions.close_all()
         await self.engine.dispose()
         self.started = False
@@ -369,5 +486,13 @@ class Runtime:
                 "error": status["error_sessions"],
                 "expired": status["expired_sessions"],
             },
-            "market": {"ticks": self.market.tick_count},
+            "market": {
+                "source": self.settings.market_data_source,
+                "ticks": (self.live_market or self.market).tick_count,
+                **(
+                    {"feed_connected": bool(self._live_feed.connected)}
+                    if self._live_feed is not None
+                    else {}
+                ),
+            },
         }

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     instruments_download_timeout: float = Field(default=120.0, gt=0)
     instruments_min_ratio: float = Field(default=0.5, ge=0, le=1)
 
+    # Where market data (ticks, bars, the prices the risk engine values orders at) comes
+    # from: the simulated market ("paper"), or a broker's live feed, using the session of
+    # the broker config MARKET_DATA_CONFIG_ID (an administrator's account) and that
+    # broker's instrument master (`trading-backend instruments load`).
+    market_data_source: Literal["paper", "angel_one"] = "paper"
+    market_data_config_id: str | None = None
+
     # Paper market and order path
     market_seed: int = 42
     market_tick_seconds: float = 1.0

@@ -747,6 +747,10 @@ class InstrumentResolver:
     def __len__(self) -> int:
         return len(self._by_token)
 
+    def all(self) -> list[Instrument]:
+        """Every instrument of the snapshot (the live market's universe)."""
+        return list(self._by_token.values())
+
     def instrument(self, exchange: Exchange | str, symbol: str) -> Instrument | None:
         return self._by_symbol.get((str(exchange).strip().upper(), symbol.strip().upper()))
 

@@ -32,7 +32,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -44,6 +44,7 @@ from trading_backend.domain import (
     DomainError,
     ErrorCode,
     Exchange,
+    Instrument,
     Order,
     OrderSide,
     OrderStatus,
@@ -67,13 +68,27 @@ from trading_backend.storage.models import (
 from trading_backend.storage.repositories import add_audit, order_from_row
 
 if TYPE_CHECKING:
-    from trading_backend.brokers.paper import SimulatedMarket
+    from trading_backend.brokers.paper.market import Quote
     from trading_backend.brokers.sessions import BrokerSessionManager
     from trading_backend.execution.order_service import OrderService
     from trading_backend.marketdata.hub import HubHandle, MarketHub
     from trading_backend.strategies.base import TickView
 
 log = structlog.get_logger(__name__)
+
+
+class MarketView(Protocol):
+    """Where the service takes instruments and prices from: the simulated market in
+    paper mode, ``marketdata.live.LiveMarket`` (the broker's instrument master and live
+    feed) with a real market-data source. A view may also offer ``async ensure(symbol,
+    exchange)`` to price an instrument it has no quote for yet; the check awaits it."""
+
+    def instruments(self) -> list[Instrument]: ...
+
+    def get_instrument(self, symbol: str, exchange: str | Exchange) -> Instrument | None: ...
+
+    def quote(self, symbol: str, exchange: str | Exchange) -> Quote: ...
+
 
 REJECTIONS = Counter(
     "trading_backend_risk_rejections_total", "Orders refused by the risk engine", ["rule"]
@@ -133,7 +148,7 @@ class RiskService:
         self,
         db: async_sessionmaker[AsyncSession],
         engine: RiskEngine,
-        market: SimulatedMarket,
+        market: MarketView,
         sessions: BrokerSessionManager,
         hub: Callable[[], MarketHub],
         *,
@@ -333,6 +348,18 @@ class RiskService:
         return override
 
     # -- the order path (RiskCheck) --------------------------------------------------------
+    async def _prepare(self, symbol: str, exchange: Exchange) -> None:
+        """A live market learns instruments (an instrument-master load) and prices (the
+        first quote of an instrument nobody watched) after start-up: teach the engine the
+        instrument and fetch a price before the synchronous check needs them."""
+        if self.engine.instrument(symbol, exchange) is None:
+            found = self._market.get_instrument(symbol, exchange)
+            if found is not None:
+                self.engine.add_instruments([found])
+        ensure = getattr(self._market, "ensure", None)
+        if ensure is not None:
+            await ensure(symbol, exchange)
+
     def _last(self, symbol: str, exchange: Exchange | str) -> Decimal | None:
         try:
             return self._market.quote(symbol, exchange).ltp
@@ -375,8 +402,9 @@ class RiskService:
         put back right after, in the same synchronous step): ``order`` takes its place."""
         await self._require_owner(user_id, config_id)
         await self._feed_funds(user_id, config_id)
-        now = self.now()
         exchange = Exchange(order.exchange)
+        await self._prepare(order.symbol, exchange)
+        now = self.now()
         last = self._last(order.symbol, exchange)
         breaches = (
             self.engine.on_price(order.symbol, exchange, last, now) if last is not None else []
