@@ -72,6 +72,10 @@ COMMANDS = [
     ["data"],
     ["data", "import"],
     ["data", "export"],
+    ["instruments"],
+    ["instruments", "load"],
+    ["instruments", "search"],
+    ["broker", "setup-angel-one"],
 ]
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 
-from trading_backend.marketdata.candles import CandleCsvError, Progress
+from trading_backend.marketdata.candles import CandleCsvError
 
 app = typer.Typer(
     help="Historical candles: import and export CSV (cached in the database).",
@@ -34,9 +34,12 @@ _PHASES = {
 
 
 @contextmanager
-def _progress() -> Iterator[Progress]:
-    """A ``Progress`` callback drawing one rich progress bar per phase on stderr (so an
-    export to standard output stays clean)."""
+def phase_progress(
+    labels: dict[str, str], *, transient: bool = True
+) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A ``(phase, done, total)`` progress callback drawing one rich bar per phase on
+    stderr (so an export to standard output stays clean); shared by the CLI commands
+    that do long work (candle import/export, instrument loads)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -53,17 +56,21 @@ def _progress() -> Iterator[Progress]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=cli.err_console,
-        transient=True,
+        transient=transient,
     ) as bar:
         tasks: dict[str, Any] = {}
 
         def update(phase: str, done: int, total: int | None) -> None:
             task = tasks.get(phase)
             if task is None:
-                task = tasks[phase] = bar.add_task(_PHASES.get(phase, phase), total=total)
+                task = tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _progress() -> Any:
+    return phase_progress(_PHASES)
 
 
 def _moment(text: str, option: str, *, end: bool) -> datetime:

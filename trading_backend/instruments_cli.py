@@ -12,8 +12,6 @@ database directly, like ``data`` and ``user``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -31,37 +29,12 @@ _PHASES = {
 }
 
 
-@contextmanager
-def _progress() -> Iterator[Any]:
-    """A progress callback drawing one rich bar per phase on stderr."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.progress import Progress as RichProgress
+def _progress() -> Any:
+    """One rich bar per phase on stderr, kept on screen after the load."""
+    from trading_backend.data_cli import phase_progress
 
-    from trading_backend import cli
-
-    with RichProgress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=cli.err_console,
-        transient=False,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(phase: str, done: int, total: int | None) -> None:
-            task = tasks.get(phase)
-            if task is None:
-                label = _PHASES.get(phase, phase) + (" (bytes)" if phase == "download" else "")
-                task = tasks[phase] = bar.add_task(label, total=total)
-            bar.update(task, completed=done, total=total)
-
-        yield update
+    labels = {**_PHASES, "download": _PHASES["download"] + " (bytes)"}
+    return phase_progress(labels, transient=False)
 
 
 def _print_summary(summary: Any) -> None:

@@ -124,7 +124,7 @@ class Runtime:
         self.risk_service = RiskService(
             self.db,
             self.risk_engine,
-            self.live_market or self.market,
+            self.market_view,
             self.sessions,
             lambda: self.market_hub,
             clock=clock,
@@ -168,6 +168,12 @@ class Runtime:
         from trading_backend.marketdata.instruments import InstrumentStore
 
         return InstrumentStore(self.db, min_ratio=self.settings.instruments_min_ratio)
+
+    @property
+    def market_view(self) -> Any:
+        """The market the API and the risk engine read instruments and quotes from: the
+        live one with a broker market-data source, else the simulated one."""
+        return self.live_market or self.market
 
     @cached_property
     def market_hub(self) -> MarketHub:
@@ -213,7 +219,7 @@ class Runtime:
 
         source = self.settings.market_data_source
         history = candle_history(self.candles, source, self.history_source)
-        return MarketDataReader(self.live_market or self.market, self.market_hub, history)
+        return MarketDataReader(self.market_view, self.market_hub, history)
 
     # -- a broker's live market data (MARKET_DATA_SOURCE) ---------------------------------
     async def market_data_session(self) -> BrokerSession:
@@ -488,7 +494,7 @@ class Runtime:
             },
             "market": {
                 "source": self.settings.market_data_source,
-                "ticks": (self.live_market or self.market).tick_count,
+                "ticks": self.market_view.tick_count,
                 **(
                     {"feed_connected": bool(self._live_feed.connected)}
                     if self._live_feed is not None

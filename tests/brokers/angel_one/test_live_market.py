@@ -9,9 +9,11 @@ import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from tests.brokers.angel_one.test_adapter_support import credentials, fake_settings, tick_round
+from trading_backend.api.app import create_app
 from trading_backend.brokers.angel_one import packets, ratelimit
 from trading_backend.brokers.angel_one.fake.server import RunningFake
 from trading_backend.brokers.angel_one.protocol import SCRIP_MASTER_PATH
@@ -139,6 +141,33 @@ async def test_live_feed_prices_the_hub_and_the_risk_engine(
         assert bought.order.status in (OrderStatus.OPEN, OrderStatus.FILLED)
         assert rt.live_market is not None
         assert rt.live_market.quote("INFY", Exchange.NSE).ltp == live_infy
+
+        # The API reads the same live market: quotes at Angel's price, candles from
+        # Angel's candle API, and no simulated option chain passed off as live.
+        app = create_app(runtime=rt, start_background=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as http:
+            login = await http.post(
+                "/api/v1/auth/login",
+                json={"username": "meera", "password": "correct-horse-battery"},
+            )
+            auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            quote = await http.get("/api/v1/market/quote/SBIN?exchange=NSE", headers=auth)
+            assert quote.status_code == 200, quote.text
+            assert Decimal(str(quote.json()["ltp"])) == fake.ltp(*SBIN)
+            before = len(fake.calls("candles"))
+            candles = await http.get(
+                "/api/v1/market/candles/SBIN?exchange=NSE&timeframe=1d&limit=5", headers=auth
+            )
+            assert candles.status_code == 200, candles.text
+            assert len(fake.calls("candles")) > before
+            chain = await http.get("/api/v1/market/option-chain/NIFTY", headers=auth)
+            assert chain.status_code == 422
+            assert chain.json()["error_code"] == "BROKER_NOT_SUPPORTED"
+            unknown = await http.get("/api/v1/market/quote/NOPE?exchange=NSE", headers=auth)
+            assert unknown.status_code == 404
+            assert unknown.json()["error_code"] == "INSTRUMENT_NOT_FOUND"
 
         health = await rt.health()
         assert health["market"]["source"] == "angel_one"

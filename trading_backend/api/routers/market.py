@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from trading_backend.api.deps import RuntimeDep, UserDep
 from trading_backend.api.schemas import ErrorOut, numbers
+from trading_backend.brokers.base import BrokerNotSupported
 from trading_backend.domain import DomainError, ErrorCode, Exchange, InstrumentType, Timeframe
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"])
@@ -125,7 +126,7 @@ async def instruments(
     """The instrument registry (the paper market's universe)."""
     found = []
     needle = q.upper() if q else None
-    for instrument in runtime.market.instruments():
+    for instrument in runtime.market_view.instruments():
         if exchange is not None and instrument.exchange is not exchange:
             continue
         if instrument_type is not None and instrument.instrument_type is not instrument_type:
@@ -141,7 +142,7 @@ async def instruments(
 
 
 def _known(runtime: Any, symbol: str, exchange: Exchange) -> None:
-    if runtime.market.get_instrument(symbol.upper(), exchange) is None:
+    if runtime.market_view.get_instrument(symbol.upper(), exchange) is None:
         raise DomainError(
             f"no instrument {symbol!r} on {exchange.value}", ErrorCode.INSTRUMENT_NOT_FOUND
         )
@@ -152,7 +153,17 @@ async def quote(
     symbol: str, _: UserDep, runtime: RuntimeDep, exchange: ExchangeQuery = Exchange.NSE
 ) -> dict[str, Any]:
     _known(runtime, symbol, exchange)
-    q = runtime.market.quote(symbol.upper(), exchange)
+    market = runtime.market_view
+    ensure = getattr(market, "ensure", None)
+    if ensure is not None:  # a live market prices an unwatched instrument on demand
+        await ensure(symbol.upper(), exchange)
+    try:
+        q = market.quote(symbol.upper(), exchange)
+    except KeyError:
+        raise DomainError(
+            f"no price for {exchange.value}:{symbol.upper()} from the market-data source yet",
+            ErrorCode.BROKER_UNAVAILABLE,
+        ) from None
     return numbers(
         {
             "symbol": q.symbol,
@@ -204,7 +215,13 @@ async def candles(
     if start >= until:
         raise DomainError("start must be before end", ErrorCode.VALIDATION_ERROR)
     bars = await runtime.candles.get(
-        "paper", runtime.history_source, name, exchange, timeframe, start, until
+        runtime.settings.market_data_source,
+        runtime.history_source,
+        name,
+        exchange,
+        timeframe,
+        start,
+        until,
     )
     return numbers(
         {
@@ -257,6 +274,13 @@ async def option_chain(
     of the underlying: multiply by ``lot_size`` for a lot). ``theta`` is per calendar
     day, ``vega`` per volatility point."""
     name = underlying.strip().upper()
+    if runtime.live_market is not None:
+        raise BrokerNotSupported(
+            "option chains with greeks are computed for the paper market only "
+            f"(MARKET_DATA_SOURCE={runtime.settings.market_data_source}); read the option "
+            "contracts' quotes instead",
+            underlying=name,
+        )
     market = runtime.market
     try:
         expiries = market.expiries(name)

@@ -161,7 +161,7 @@ def _instruments(message: dict[str, Any], runtime: Runtime) -> list[tuple[str, E
             resolved = Exchange(exchange)
         except ValueError:
             raise DomainError(f"unknown exchange in {item!r}", ErrorCode.VALIDATION_ERROR) from None
-        if runtime.market.get_instrument(symbol, resolved) is None:
+        if runtime.market_view.get_instrument(symbol, resolved) is None:
             raise DomainError(f"unknown instrument {item!r}", ErrorCode.INSTRUMENT_NOT_FOUND)
         parsed.append((symbol, resolved))
     return parsed
