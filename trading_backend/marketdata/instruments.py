@@ -24,13 +24,16 @@ download, parse, normalise, choose, write) and ``run_daily_refresh`` repeats it 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import time as _time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import structlog
@@ -513,6 +516,10 @@ class InstrumentStore:
                 or 0
             )
             sqlite = connection.dialect.name == "sqlite"
+            if connection.dialect.name == "postgresql":
+                # This commit need not wait for its WAL flush: a crash right after it loses
+                # at most this load (reloadable), never half of it.
+                await connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
             if sqlite:
                 # Old rows first: the SQLite path rebuilds the indexes anyway, and with only
                 # this broker in the table the DELETE has no WHERE (SQLite truncates).
@@ -593,16 +600,18 @@ class InstrumentStore:
         total = len(rows)
         if dialect == "postgresql":
             # Index order: B-tree inserts stay on hot pages (measured 2x on a fresh table).
-            rows = sorted(rows, key=lambda r: (r[0], r[1]))
+            rows = sorted(rows, key=itemgetter(0, 1))
+        # Enum members -> their text once (an Enum's ``.value`` is a Python-level lookup).
+        texts: dict[Any, str] = {member: member.value for member in (*Exchange, *InstrumentType)}
         records = (
             (
                 broker,
-                r[0].value,
+                texts[r[0]],
                 r[1],
                 r[3],
                 r[4],
                 r[5],
-                r[2].value,
+                texts[r[2]],
                 r[6],
                 r[7],
                 r[8],
@@ -617,12 +626,21 @@ class InstrumentStore:
             raw = await connection.get_raw_connection()
             driver = getattr(raw, "driver_connection", None)
             if driver is not None and hasattr(driver, "copy_records_to_table"):
-                for start in range(0, total, self.chunk):
-                    batch = list(islice(records, self.chunk))
-                    await driver.copy_records_to_table(
-                        InstrumentRow.__tablename__, records=batch, columns=_COLUMNS
-                    )
-                    await _call(progress, "write", min(start + self.chunk, total), total)
+
+                async def stream() -> AsyncIterator[tuple[Any, ...]]:
+                    # One COPY fed from an async iterator: asyncpg sends each part while
+                    # the next is encoded, so the server inserts while we encode (chunked
+                    # COPYs left one side idle at a time).
+                    done = 0
+                    while batch := list(islice(records, self.chunk)):
+                        for record in batch:
+                            yield record
+                        done += len(batch)
+                        await _call(progress, "write", done, total)
+
+                await driver.copy_records_to_table(
+                    InstrumentRow.__tablename__, records=stream(), columns=_COLUMNS
+                )
                 return
         table = cast(Table, InstrumentRow.__table__)
         for start in range(0, total, self.chunk):
@@ -895,10 +913,11 @@ async def load_angel_one(
         timings["parse"] = _time.perf_counter() - began
         return normalised, selection
 
-    normalised, selection = await (asyncio.to_thread(parse) if in_thread else _now(parse))
-    if pending:
-        await asyncio.gather(*pending)
-    report = await store.load(ANGEL_ONE, selection.rows, progress=progress, force=force)
+    with _collector_paused():
+        normalised, selection = await (asyncio.to_thread(parse) if in_thread else _now(parse))
+        if pending:
+            await asyncio.gather(*pending)
+        report = await store.load(ANGEL_ONE, selection.rows, progress=progress, force=force)
     timings["write"] = report.seconds
     timings["total"] = _time.perf_counter() - started
     summary = LoadSummary(
@@ -915,6 +934,21 @@ async def load_angel_one(
     )
     log.info("angel_one_instruments_loaded", **summary.as_dict())
     return summary
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a load: its million-odd new objects
+    (row dicts, strings, record tuples) form no cycles, yet each allocation burst makes the
+    collector walk all of them again (measured: 0.55 s of a 1.5 s parse). Reference
+    counting still frees everything; the collector resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def _await(awaitable: Awaitable[Any]) -> None:

@@ -433,7 +433,8 @@ class InstrumentRow(Base):
     __table_args__ = (
         Index("uq_instruments_symbol", "broker", "generation", "exchange", "symbol", unique=True),
         Index("uq_instruments_token", "broker", "generation", "exchange", "token", unique=True),
-        Index("ix_instruments_underlying", "broker", "underlying", "expiry"),
+        # No other index: each one costs a load about 0.4 s on PostgreSQL (measured by
+        # benchmarks/instrument_load.py), and lookups go through the in-memory resolver.
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

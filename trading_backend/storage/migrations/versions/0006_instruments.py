@@ -56,14 +56,10 @@ def upgrade() -> None:
         batch_op.create_index(
             "uq_instruments_token", ["broker", "generation", "exchange", "token"], unique=True
         )
-        batch_op.create_index(
-            "ix_instruments_underlying", ["broker", "underlying", "expiry"], unique=False
-        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("instruments", schema=None) as batch_op:
-        batch_op.drop_index("ix_instruments_underlying")
         batch_op.drop_index("uq_instruments_token")
         batch_op.drop_index("uq_instruments_symbol")
 
