@@ -292,8 +292,9 @@ class Runtime:
                 upstream = AngelOneFeedUpstream(feed, resolve)
                 upstream.bind(sink)
                 await feed.start()
-            except DomainError as exc:
-                log.warning("live_feed_start_failed", error=exc.message, retry_in=delay)
+            except Exception as exc:  # noqa: BLE001 - logged and retried, never fatal
+                message = exc.message if isinstance(exc, DomainError) else type(exc).__name__
+                log.warning("live_feed_start_failed", error=message, retry_in=delay)
                 await self._wait_stop(delay)
                 delay = min(delay * 2, 60.0)
                 continue
