@@ -76,6 +76,10 @@ COMMANDS = [
     ["instruments", "load"],
     ["instruments", "search"],
     ["broker", "setup-angel-one"],
+    ["queue"],
+    ["queue", "depth"],
+    ["queue", "dead-letters"],
+    ["queue", "retry"],
 ]
 
 

@@ -49,6 +49,11 @@ app.add_typer(strategies_cli.app, name="strategies")
 app.add_typer(risk_cli.app, name="risk")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(instruments_cli.app, name="instruments")
+# -- queue (issue #7) --
+from trading_backend import queue_cli  # noqa: E402
+
+app.add_typer(queue_cli.app, name="queue")
+# -- end queue
 
 # Broker-specific setup commands (issue #6).
 from trading_backend.brokers import angel_one_cli  # noqa: E402

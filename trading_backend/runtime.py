@@ -27,10 +27,10 @@ from trading_backend.brokers.paper import SimulatedMarket
 from trading_backend.brokers.sessions import BrokerSession, BrokerSessionManager
 from trading_backend.domain import DomainError, ErrorCode, Exchange
 from trading_backend.domain.calendar import next_session_close
+from trading_backend.execution.events import EventBus, create_event_bus  # -- events (#7)
 from trading_backend.execution.locks import KeyedLocks
 from trading_backend.execution.order_feed import OrderFeed
 from trading_backend.execution.order_service import OrderService
-from trading_backend.execution.queue import EmbeddedQueue
 from trading_backend.execution.recorder import OrderRecorder
 from trading_backend.execution.worker import OrderWorker
 from trading_backend.risk import RiskCheck, RiskEngine, RiskLimits, TradingCalendar
@@ -45,8 +45,11 @@ from trading_backend.storage.database import (
 from trading_backend.storage.state_store import DatabaseStateStore
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis  # leases (issue #7)
+
     from trading_backend.accounts.api_keys import ApiKeyService
     from trading_backend.accounts.two_factor import TwoFactorService
+    from trading_backend.execution.leases import Lease  # leases (issue #7)
     from trading_backend.marketdata.candles import CandleService, Fetch
     from trading_backend.marketdata.hub import MarketHub
     from trading_backend.marketdata.instruments import InstrumentStore
@@ -106,13 +109,22 @@ class Runtime:
         self._live_feed: Any = None
         self.live_feed_ready = asyncio.Event()  # set once the live feed serves the hub
         self.locks = KeyedLocks()
-        self.order_feed = OrderFeed()
+        # -- events (issue #7): order updates and risk state changes for every process
+        self.events: EventBus = create_event_bus(
+            settings.event_bus, settings.redis_url, prefix=f"{settings.queue_prefix}events:"
+        )
+        self.order_feed = OrderFeed(self.events)
+        # -- end events
         self.recorder = OrderRecorder(self.db, self.locks)
         self.recorder.add_listener(self.order_feed.publish)
         self.sessions = BrokerSessionManager(
             self.db, self.vault, self.broker_context, on_update=self.recorder.handle_update
         )
-        self.queue = EmbeddedQueue(self.db)
+        # -- queue (issue #7): QUEUE_BACKEND (auto: Redis Streams when REDIS_URL is set)
+        from trading_backend.execution.redis_queue import build_queue
+
+        self.queue = build_queue(settings, self.db)
+        # -- end queue
         self.risk_engine = RiskEngine(
             default_limits=RiskLimits.from_dict(settings.risk_default_limits),
             calendar=(
@@ -130,6 +142,11 @@ class Runtime:
             clock=clock,
             stop_strategies=self._stop_strategies,
         )
+        # -- events (issue #7): trading-state changes go to the users' WebSockets
+        self.risk_service.state_listeners.append(
+            lambda change: self.events.publish("risk", change.as_payload())
+        )
+        # -- end events
         self.risk: RiskCheck = risk or self.risk_service
         self.orders = OrderService(self.db, self.queue, self.risk, self.recorder, self.locks)
         self.risk_service.orders = self.orders
@@ -365,6 +382,64 @@ class Runtime:
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
+    # -- leases (issue #7) --
+    @cached_property
+    def leases(self) -> dict[str, Lease]:
+        """The cluster singletons' leases by name (``session-health``), as built so far."""
+        return {}
+
+    @cached_property
+    def lease_holder_id(self) -> str:
+        """This process in a lease's value: host, pid and a random suffix (several Runtime
+        instances may share a process in tests)."""
+        import os
+        import socket
+        import uuid
+
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @cached_property
+    def lease_redis(self) -> Redis | None:
+        """The Redis client the leases use (None without REDIS_URL: embedded mode)."""
+        if not self.settings.redis_url:
+            return None
+        from redis.asyncio import Redis
+
+        return Redis.from_url(self.settings.redis_url)
+
+    def lease(self, name: str) -> Lease:
+        """The lease ``<QUEUE_PREFIX>lease:<name>`` with REDIS_URL, else a ``LocalLease``."""
+        if name not in self.leases:
+            from trading_backend.execution.leases import LocalLease, RedisLease
+
+            key = f"{self.settings.queue_prefix}lease:{name}"
+            redis = self.lease_redis
+            self.leases[name] = (
+                LocalLease(key)
+                if redis is None
+                else RedisLease(
+                    redis,
+                    key,
+                    self.lease_holder_id,
+                    ttl=self.settings.lease_ttl_seconds,
+                    renew_every=self.settings.lease_renew_seconds,
+                )
+            )
+        return self.leases[name]
+
+    async def _run_singleton(
+        self, name: str, work: Callable[[int], Coroutine[Any, Any, object]]
+    ) -> None:
+        """Run ``work(fencing token)`` in one process of the cluster (standbys retry every
+        renewal interval), until ``stop()``."""
+        from trading_backend.execution.leases import run_singleton
+
+        await run_singleton(
+            self.lease(name), work, self._stop, retry_every=self.settings.lease_renew_seconds
+        )
+
+    # -- end leases
+
     async def start(
         self,
         *,
@@ -385,7 +460,20 @@ class Runtime:
             await upgrade_database(self.engine)
         # Adapters (reconciliation below) and a live market need the instrument master.
         await self.instruments.resolver("angel_one").refresh()
+        # -- events (issue #7): subscribed before anything publishes (a Redis that is down
+        # does not stop the start; the bus keeps reconnecting)
+        await self.events.start()
+        # -- end events
         await self.risk_service.start()
+        # -- queue (issue #7): Redis Streams: publish committed entries nobody published,
+        # follow other processes' outcomes; recovery claims for this process's worker
+        from trading_backend.execution.redis_queue import RedisStreamsQueue
+
+        if isinstance(self.queue, RedisStreamsQueue):
+            self.queue.consumer_name = self.worker.worker_id
+            self._spawn(self.queue.run_relay(self._stop), "queue-relay")
+            self._spawn(self.queue.run_outcome_listener(self._stop), "queue-outcomes")
+        # -- end queue
         if worker:
             # Embedded mode: this process is the only worker, so anything claimed by a
             # previous run of it was interrupted: put it back, then ask brokers what happened.
@@ -416,10 +504,15 @@ class Runtime:
             )
         # -- end instruments
         if health_monitor:
+            # -- leases (issue #7): one health monitor across the cluster (a Redis lease)
+            interval = self.settings.health_check_seconds
             self._spawn(
-                self.sessions.run_health_monitor(self.settings.health_check_seconds),
+                self._run_singleton(
+                    "session-health", lambda _token: self.sessions.run_health_monitor(interval)
+                ),
                 "session-health",
             )
+            # -- end leases
         if strategies:
             runner = self.strategy_runner
             await runner.start()
@@ -465,11 +558,25 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        # -- queue (issue #7): entries read but not claimed go back; Redis disconnects
+        from trading_backend.execution.redis_queue import RedisStreamsQueue
+
+        if isinstance(self.queue, RedisStreamsQueue):
+            await self.queue.close()
+        # -- end queue
+        # -- leases (issue #7): singletons have released their leases above; close the client
+        lease_redis = self.__dict__.pop("lease_redis", None)
+        self.__dict__.pop("leases", None)
+        if lease_redis is not None:
+            with contextlib.suppress(Exception):
+                await lease_redis.aclose()
+        # -- end leases
         if self._live_feed is not None:
             with contextlib.suppress(Exception):
                 await self._live_feed.close()
             self._live_feed = None
         await self.sessions.close_all()
+        await self.events.close()  # -- events (issue #7): sends what is pending, disconnects
         await self.engine.dispose()
         self.started = False
         log.info("runtime_stopped")
@@ -486,7 +593,12 @@ class Runtime:
         return {
             "status": "healthy" if healthy else "unhealthy",
             "database": {"ok": database_ok, "backend": self.engine.dialect.name},
-            "queue": {"ok": queue_ok, "backend": "embedded", **depth},
+            "queue": {
+                "ok": queue_ok,
+                "backend": getattr(self.queue, "backend", "embedded"),  # -- queue (issue #7)
+                **depth,
+            },
+            "events": self.events.status(),  # -- events (issue #7)
             "broker_sessions": {
                 "total": status["total_sessions"],
                 "healthy": status["healthy_sessions"],

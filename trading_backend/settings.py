@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import structlog
 from cryptography.fernet import Fernet
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator  # leases (issue #7): ValidationInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trading_backend.marketdata.options import VolSmile
@@ -101,6 +101,45 @@ class Settings(BaseSettings):
     embedded_worker: bool = True  # run an order worker inside ``serve``
     health_check_seconds: float = 30.0
 
+    # -- queue (issue #7) --
+    # The order queue: "embedded" (a table in the database, one process) or "redis" (Redis
+    # Streams, any number of API and worker processes); "auto" picks redis when REDIS_URL
+    # is set. QUEUE_PREFIX namespaces the keys (several deployments may share one Redis).
+    # An entry idle QUEUE_CLAIM_IDLE_SECONDS in a dead worker's hands is taken over by a
+    # live one; after QUEUE_MAX_ATTEMPTS failed deliveries it is dead-lettered.
+    queue_backend: Literal["auto", "embedded", "redis"] = "auto"
+    queue_prefix: str = Field(default="tb:", max_length=64)
+    queue_claim_idle_seconds: float = Field(default=30.0, gt=0)
+    queue_max_attempts: int = Field(default=5, ge=1)
+    # How old a committed but unpublished entry must be before the relay publishes it (the
+    # committing process normally does so at once; the relay covers crashes and outages).
+    queue_relay_grace_seconds: float = Field(default=5.0, ge=0)
+    # -- end queue
+    # -- leases (issue #7) --
+    # Cluster singletons (the session health monitor) hold a Redis lease
+    # (`<QUEUE_PREFIX>lease:<name>`) for LEASE_TTL_SECONDS, renewed every
+    # LEASE_RENEW_SECONDS; a standby takes over within about the ttl when the holder dies.
+    lease_ttl_seconds: float = Field(default=10.0, gt=0)
+    lease_renew_seconds: float = Field(default=3.0, gt=0)
+
+    @field_validator("lease_renew_seconds")
+    @classmethod
+    def _renew_within_ttl(cls, value: float, info: ValidationInfo) -> float:
+        ttl = info.data.get("lease_ttl_seconds")
+        if ttl is not None and value >= ttl:
+            raise ValueError(
+                f"LEASE_RENEW_SECONDS ({value}) must be below LEASE_TTL_SECONDS ({ttl})"
+            )
+        return value
+
+    # -- end leases
+    # -- events (issue #7) --
+    # The event bus carrying order updates and risk state changes to every process's
+    # WebSockets: "local" (in-process, embedded mode), "redis" (pub/sub on channels
+    # `<QUEUE_PREFIX>events:<topic>`), "auto": redis exactly when REDIS_URL is set.
+    event_bus: Literal["auto", "local", "redis"] = "auto"
+    # -- end events
+
     # Risk
     # "always": the paper market trades around the clock (try the system any time);
     # "exchange": orders need the exchange session (NSE 09:15-15:30 IST, holidays). Forced
@@ -136,6 +175,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'trading.db').resolve()}"
+
+    # -- queue (issue #7) --
+    @property
+    def effective_queue_backend(self) -> str:
+        """ "redis" or "embedded" ("auto": redis exactly when REDIS_URL is set)."""
+        if self.queue_backend == "auto":
+            return "redis" if self.redis_url else "embedded"
+        return self.queue_backend
+
+    # -- end queue
 
     @property
     def effective_market_hours(self) -> str:

@@ -125,4 +125,9 @@ def create_app(
     app.include_router(risk.admin_router)
     app.include_router(ws.router)
     app.include_router(metrics.router)
+    # -- queue (issue #7): queue depth and dead letters for administrators
+    from trading_backend.api.routers import queue as queue_router
+
+    app.include_router(queue_router.router)
+    # -- end queue
     return app

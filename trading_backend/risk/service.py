@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass  # -- events (issue #7)
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -143,6 +144,38 @@ def _week_start(now: datetime) -> datetime:
     return start - timedelta(days=start.weekday())
 
 
+# -- events (issue #7) ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RiskStateChange:
+    """A stored trading-state change: ``user_id`` is the user whose trading it affects (an
+    account's owner), ``None`` for the global scope (every user)."""
+
+    scope: str
+    user_id: str | None
+    account: str | None
+    old_state: TradingState
+    new_state: TradingState
+    reason: str
+    kill_switch: bool
+    at: datetime
+
+    def as_payload(self) -> dict[str, Any]:
+        """JSON-friendly, as it travels on the event bus."""
+        return {
+            "scope": self.scope,
+            "user_id": self.user_id,
+            "account": self.account,
+            "old_state": self.old_state.value,
+            "new_state": self.new_state.value,
+            "reason": self.reason,
+            "kill_switch": self.kill_switch,
+            "at": self.at.isoformat(),
+        }
+
+
+# -- end events
+
+
 class RiskService:
     def __init__(
         self,
@@ -172,6 +205,10 @@ class RiskService:
         self._watching: dict[str, HubHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
+        # -- events (issue #7): told of every stored state change (the runtime publishes
+        # them on the event bus for the users' WebSockets); called after the commit.
+        self.state_listeners: list[Callable[[RiskStateChange], None]] = []
+        # -- end events
 
     def now(self) -> datetime:
         return self._clock()
@@ -640,6 +677,7 @@ class RiskService:
         by: str | None,
         kill_switch: bool,
     ) -> None:
+        old = self.engine.state(scope).state  # -- events (issue #7)
         self.engine.set_state(scope, state, reason, now=self.now())
         async with self._db() as session, session.begin():
             row = await session.get(RiskStateRow, str(scope))
@@ -651,6 +689,30 @@ class RiskService:
             row.kill_switch = kill_switch
             row.updated_by = by
             row.updated_at = utcnow()
+            # -- events (issue #7): whose WebSockets hear of it (an account's owner)
+            owner = scope.id if scope.kind == "user" else None
+            if scope.kind == "account" and scope.id is not None:
+                owner = self._owners.get(scope.id) or await session.scalar(
+                    select(BrokerConfig.user_id).where(BrokerConfig.id == scope.id)
+                )
+            # -- end events
+        # -- events (issue #7)
+        change = RiskStateChange(
+            scope=str(scope),
+            user_id=owner,
+            account=scope.id if scope.kind == "account" else None,
+            old_state=old,
+            new_state=state,
+            reason=reason,
+            kill_switch=kill_switch,
+            at=self.now(),
+        )
+        for listener in list(self.state_listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.exception("risk_state_listener_failed", scope=str(scope))
+        # -- end events
 
     async def _scope_orders(
         self, scope: Scope, product: ProductType | None = None

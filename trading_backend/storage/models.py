@@ -306,6 +306,12 @@ class QueueEntryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # -- queue (issue #7) --
+    # Redis Streams mode: when the committed entry was relayed to its stream, and the stream
+    # id it was first published under (NULL: not yet published; the relay picks it up).
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # -- end queue
 
 
 class BrokerStateRow(Base):

@@ -7,15 +7,19 @@ Then, as JSON messages::
     {"action": "subscribe", "channel": "ticks", "instruments": ["NSE:TCS", "CRYPTO:BTCUSDT"]}
     {"action": "subscribe", "channel": "bars", "instruments": ["NSE:TCS"], "timeframe": "1m"}
     {"action": "subscribe", "channel": "orders"}
+    {"action": "subscribe", "channel": "risk"}
     {"action": "unsubscribe", "channel": "ticks", "instruments": ["NSE:TCS"]}
     {"action": "ping"}
 
 The server answers ``{"type": "subscribed" | "unsubscribed" | "pong" | "error", ...}`` and
-streams ``{"type": "tick", ...}``, ``{"type": "bar", ...}`` and ``{"type": "order", ...}``.
+streams ``{"type": "tick", ...}``, ``{"type": "bar", ...}``, ``{"type": "order", ...}`` and
+``{"type": "risk", ...}`` (a trading-state change of the caller, one of the caller's
+accounts, or everyone). Order and risk events come through the runtime's event bus, so with
+Redis they reach the caller's socket whichever process produced them.
 Errors are ``{"type": "error", "error_code": "...", "message": "..."}``; a bad message
 never closes the socket, a failed authentication does (code 4401). Each connection has a
 bounded queue: when a client reads too slowly the oldest market events are dropped and a
-``{"type": "dropped", "count": n}`` notice follows; order updates are never dropped.
+``{"type": "dropped", "count": n}`` notice follows; order and risk updates are never dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from trading_backend.api.deps import AuthContext, resolve_auth
 from trading_backend.domain import Bar, DomainError, ErrorCode, Exchange, Order, Timeframe
+from trading_backend.execution.events import RISK, Event  # -- events (issue #7)
 from trading_backend.marketdata.hub import HubHandle
 from trading_backend.runtime import Runtime
 from trading_backend.strategies.base import Subscription, TickView
@@ -97,6 +102,32 @@ def order_message(order: Order) -> dict[str, Any]:
     }
 
 
+# -- events (issue #7) ----------------------------------------------------------------------
+def risk_message(payload: dict[str, Any]) -> dict[str, Any]:
+    """A risk-state event (``RiskStateChange.as_payload``) as the socket sends it."""
+    return {
+        "type": "risk",
+        "scope": payload.get("scope"),
+        "account": payload.get("account"),
+        "old_state": payload.get("old_state"),
+        "new_state": payload.get("new_state"),
+        "reason": payload.get("reason"),
+        "kill_switch": payload.get("kill_switch"),
+        "at": payload.get("at"),
+    }
+
+
+def concerns(payload: dict[str, Any], user_id: str) -> bool:
+    """Whether a risk event is the user's: their own scope, one of their accounts (the
+    event names the owner) or the global scope. Anything else, never."""
+    if payload.get("scope") == "global":
+        return True
+    return payload.get("user_id") == user_id
+
+
+# -- end events
+
+
 def _error(code: ErrorCode | str, message: str) -> dict[str, Any]:
     return {"type": "error", "error_code": str(code), "message": message}
 
@@ -111,6 +142,7 @@ class _Connection:
     dropped: int = 0
     handles: dict[tuple[str, str], HubHandle] = field(default_factory=dict)
     unsubscribe_orders: Callable[[], None] | None = None
+    unsubscribe_risk: Callable[[], None] | None = None  # -- events (issue #7)
 
     def push_market(self, message: dict[str, Any]) -> None:
         if len(self.market) == self.market.maxlen:
@@ -188,8 +220,24 @@ async def _handle(conn: _Connection, runtime: Runtime, message: dict[str, Any]) 
             conn.unsubscribe_orders = None
         conn.push({"type": f"{action}d", "channel": "orders"})
         return
+    # -- events (issue #7): the caller's trading-state changes
+    if channel == "risk":
+        if action == "subscribe" and conn.unsubscribe_risk is None:
+            user_id = conn.auth.user.id
+
+            def on_risk(event: Event) -> None:
+                if concerns(event.payload, user_id):
+                    conn.push(risk_message(event.payload))
+
+            conn.unsubscribe_risk = runtime.events.subscribe(RISK, on_risk)
+        elif action == "unsubscribe" and conn.unsubscribe_risk is not None:
+            conn.unsubscribe_risk()
+            conn.unsubscribe_risk = None
+        conn.push({"type": f"{action}d", "channel": "risk"})
+        return
+    # -- end events
     if channel not in ("ticks", "bars"):
-        raise DomainError("channel must be ticks, bars or orders", ErrorCode.VALIDATION_ERROR)
+        raise DomainError("channel must be ticks, bars, orders or risk", ErrorCode.VALIDATION_ERROR)
     timeframe = Timeframe.M1
     if channel == "bars":
         try:
@@ -293,3 +341,5 @@ async def live(socket: WebSocket) -> None:
             await handle.close()
         if conn.unsubscribe_orders is not None:
             conn.unsubscribe_orders()
+        if conn.unsubscribe_risk is not None:  # -- events (issue #7)
+            conn.unsubscribe_risk()
