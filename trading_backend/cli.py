@@ -156,9 +156,12 @@ def worker(
     async def main() -> None:
         runtime = Runtime(settings)
         await runtime.start()
-        console.print(f"worker {runtime.worker.worker_id} running; Ctrl-C to stop")
         try:
-            await asyncio.Event().wait()
+            await runtime.wait_for_signal(
+                lambda: console.print(
+                    f"worker {runtime.worker.worker_id} running; Ctrl-C or SIGTERM to stop"
+                )
+            )
         finally:
             await runtime.stop()
 

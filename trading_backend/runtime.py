@@ -541,6 +541,28 @@ class Runtime:
             await asyncio.sleep((next_session_close(now) - now).total_seconds() + 1)
             await self.expire_day_orders()
 
+    async def wait_for_signal(self, ready: Callable[[], object] | None = None) -> None:
+        """Block until SIGINT or SIGTERM: how the ``worker`` and ``strategies run`` roles
+        wait, so that a process manager's SIGTERM (Docker, PM2, systemd) stops them
+        gracefully through ``stop()`` like Ctrl-C does."""
+        import signal
+
+        loop = asyncio.get_running_loop()
+        received = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, received.set)
+                installed.append(sig)
+        if ready is not None:  # told only once a signal can no longer kill us uncleanly
+            ready()
+        try:
+            await received.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        log.info("shutdown_signal_received")
+
     async def stop(self) -> None:
         self._stop.set()
         if self._runner_task is not None:
@@ -548,10 +570,19 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._runner_task, timeout=30)
             self._runner_task = None
+        # Graceful: the worker takes no new entry once ``_stop`` is set and finishes the
+        # orders it holds (their outcome recorded, the entry acknowledged) before the rest
+        # shuts down; only past SHUTDOWN_GRACE_SECONDS is it cancelled (its orders are then
+        # reconciled at the next start, never resent).
+        self.queue.notify()
+        worker_tasks = [t for t in self._tasks if t.get_name() == "order-worker"]
+        if worker_tasks:
+            _, late = await asyncio.wait(worker_tasks, timeout=self.settings.shutdown_grace_seconds)
+            if late:
+                log.warning("worker_shutdown_grace_exceeded", in_flight=self.worker.in_flight)
         await self.risk_service.close()
         if "market_hub" in self.__dict__:
             await self.market_hub.close()
-        self.queue.notify()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

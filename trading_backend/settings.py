@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = 4
     embedded_worker: bool = True  # run an order worker inside ``serve``
     health_check_seconds: float = 30.0
+    # On shutdown the order worker finishes the orders it holds for at most this long.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     # -- queue (issue #7) --
     # The order queue: "embedded" (a table in the database, one process) or "redis" (Redis

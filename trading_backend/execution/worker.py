@@ -73,6 +73,7 @@ class OrderWorker:
         self.concurrency = max(1, concurrency)
         self.broker_timeout = broker_timeout
         self.processed = 0
+        self.in_flight = 0  # entries being carried out right now (graceful shutdown waits)
 
     # -- loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -107,6 +108,7 @@ class OrderWorker:
 
     async def _handle(self, message: QueueMessage) -> None:
         token = correlation_id.set(message.correlation_id)
+        self.in_flight += 1
         try:
             outcome = await self.process(message)
         except Exception as exc:
@@ -116,6 +118,7 @@ class OrderWorker:
             await self._queue.ack(message, outcome)
             self.processed += 1
         finally:
+            self.in_flight -= 1
             correlation_id.reset(token)
 
     async def process(self, message: QueueMessage) -> Outcome:

@@ -277,9 +277,12 @@ def run() -> None:
         runtime = Runtime(settings)
         await runtime.start(strategies=True)
         running = len(runtime.strategy_runner.running_ids)
-        cli.console.print(f"strategy runner hosting {running} strategies; Ctrl-C to stop")
         try:
-            await asyncio.Event().wait()
+            await runtime.wait_for_signal(
+                lambda: cli.console.print(
+                    f"strategy runner hosting {running} strategies; Ctrl-C or SIGTERM to stop"
+                )
+            )
         finally:
             await runtime.stop()
 
