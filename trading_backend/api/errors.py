@@ -9,9 +9,11 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trading_backend.domain import DomainError, ErrorCode
+from trading_backend.storage.database import is_database_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +48,41 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.MAX_RETRIES_EXHAUSTED: 503,
     ErrorCode.SYSTEM_ERROR: 500,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,  # -- dbdown (issue #7)
 }
+
+# -- dbdown (issue #7): the database is away
+# What a client is told to wait before retrying: about one connect timeout, by which time a
+# restarted PostgreSQL usually accepts connections again.
+DATABASE_RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE_MESSAGE = (
+    "the database is temporarily unavailable; retry shortly. An order sent with a"
+    " client_order_id can be sent again with the same one: it is never placed twice"
+)
+
+
+def database_unavailable_response() -> JSONResponse:
+    """503 DATABASE_UNAVAILABLE with Retry-After.
+
+    Usually the request failed before its transaction committed, so nothing of it exists.
+    But the database can go away between an order's commit and the response (the commit
+    landed, reading the order back failed): then the order is accepted and will be carried
+    out although the client saw a 503. That is why the message points at
+    ``client_order_id``: the order service returns the existing order for a client order id
+    it has seen (a unique constraint settles races), so a client that retries with the same
+    id never places an order twice; one that sends no id gets a fresh id on each attempt."""
+    return JSONResponse(
+        error_body(
+            ErrorCode.DATABASE_UNAVAILABLE.value,
+            DATABASE_UNAVAILABLE_MESSAGE,
+            retry_after=DATABASE_RETRY_AFTER_SECONDS,
+        ),
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+# -- end dbdown
 
 
 class ApiError(DomainError):
@@ -116,6 +152,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(code.value, message), status_code=exc.status_code, headers=exc.headers
         )
+
+    # -- dbdown (issue #7): an unreachable database is a 503 the client can retry, not a 500
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if is_database_unavailable(exc):
+            # The type names say what failed; the message may carry host names: not logged.
+            log.warning(
+                "database_unavailable",
+                error=type(exc).__name__,
+                cause=type(getattr(exc, "orig", None) or exc.__cause__ or exc).__name__,
+                path=request.url.path,
+            )
+            return database_unavailable_response()
+        return await _unexpected(request, exc)
+
+    # -- end dbdown
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

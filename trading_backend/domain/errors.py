@@ -36,6 +36,10 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
     API_KEY_INVALID = "API_KEY_INVALID"
     REGISTRATION_CLOSED = "REGISTRATION_CLOSED"
+    # -- dbdown (issue #7) --
+    # PostgreSQL cannot be reached right now: nothing was done, the request may be retried.
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    # -- end dbdown
 
 
 class DomainError(Exception):
