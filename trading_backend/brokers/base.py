@@ -8,7 +8,8 @@ the seed's examples import it from ``brokers.base``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -40,6 +41,8 @@ __all__ = [
     "BrokerTimeout",
     "BrokerUnavailable",
     "InsufficientFunds",
+    "LockedStateView",
+    "LockingStateStore",
     "OrderUpdate",
     "OrderUpdateHandler",
     "StateStore",
@@ -129,6 +132,37 @@ class StateStore(Protocol):
     async def save(self, key: str, state: dict[str, Any]) -> None: ...
 
 
+# -- paper-mp (issue #7) --
+class LockedStateView(Protocol):
+    """What ``LockingStateStore.locked(key)`` yields: ``state`` (the key's value read
+    under the lock, ``None`` if absent), reads of other keys in the same transaction, and
+    ``stage`` for writes applied together when the block ends without an exception."""
+
+    state: dict[str, Any] | None
+
+    def stage(self, items: dict[str, dict[str, Any]]) -> None: ...
+
+    async def load_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+    async def load_prefix(self, prefix: str) -> dict[str, dict[str, Any]]: ...
+
+
+class LockingStateStore(StateStore, Protocol):
+    """A store several processes can share: ``locked(key)`` holds the key exclusively for
+    a read-decide-write block (``storage.state_store.DatabaseStateStore``)."""
+
+    def locked(self, key: str) -> AbstractAsyncContextManager[LockedStateView]: ...
+
+    async def load_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+    async def load_prefix(self, prefix: str) -> dict[str, dict[str, Any]]: ...
+
+    async def save_many(self, items: dict[str, dict[str, Any]]) -> None: ...
+
+
+# -- end paper-mp
+
+
 @dataclass(slots=True)
 class BrokerContext:
     """Process-wide services handed to adapters (shared market, state storage)."""
@@ -174,6 +208,13 @@ class OrderUpdate:
 
 OrderUpdateHandler = Callable[[OrderUpdate], Awaitable[None]]
 
+# -- shared sessions (issue #7) --
+# ``gate(renew)``: run ``renew`` (a login or token refresh) under the cross-process lock,
+# unless another process has stored fresher tokens meanwhile (then those are restored
+# instead); the tokens are stored afterwards. See ``brokers/session_store.py``.
+SessionGate = Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]
+# -- end shared sessions
+
 
 class Broker(abc.ABC):
     """One authenticated session with one broker account.
@@ -217,6 +258,32 @@ class Broker(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Release network resources and background tasks."""
+
+    # -- shared sessions (issue #7) --
+    def export_session(self) -> dict[str, Any] | None:
+        """The session's tokens and their expiry (JSON-able), so another process can use
+        the session without logging in again (brokers limit logins). Stored encrypted by
+        ``BrokerSessionManager``; never log it. None (the default): nothing to share."""
+        return None
+
+    def restore_session(self, data: dict[str, Any]) -> bool:
+        """Adopt tokens exported by ``export_session`` (maybe in another process) if they
+        are still valid for this account; False leaves the session as it was. After True,
+        ``authenticate()`` must use the restored session rather than log in again."""
+        return False
+
+    def session_account(self) -> str:
+        """The broker-side account this session logs in to: logins are serialised across
+        processes per (broker, account). Default: the config id."""
+        return self.config.config_id
+
+    def set_session_gate(self, gate: SessionGate | None) -> bool:
+        """Route every later login/token refresh through ``gate`` (see ``SessionGate``).
+        Returns whether the adapter does; if not, ``BrokerSessionManager`` serialises its
+        ``authenticate()`` calls itself."""
+        return False
+
+    # -- end shared sessions
 
     # -- orders --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -7,23 +7,40 @@ trading must survive a server restart. The broker therefore:
 * trades against ``context.market``, a ``SimulatedMarket`` shared by every paper account
   in the process (or a private one seeded from ``settings["seed"]`` when none is given);
 * keeps its whole account (``PaperAccount``) in ``context.state_store`` under
-  ``paper:<config_id>``, saved after every mutation and loaded by ``authenticate()``;
+  ``paper:<config_id>``, loaded by ``authenticate()`` and changed only inside the store's
+  lock (``persistence.AccountPersistence``), so several processes (issue #7's workers)
+  can share one account: each change first catches up with the others' changes, and an
+  order is filled, cancelled or placed once whichever process acts;
 * re-checks resting orders on every market update through a market listener registered
   by ``authenticate()`` and removed by ``close()``;
 * pushes ``OrderUpdate``s (OPEN, then PARTIALLY_FILLED / FILLED with their fills,
   CANCELLED, EXPIRED) to the update handler.
+
+Several processes: each has its own ``SimulatedMarket``, so prices differ between
+processes (acceptable for a paper market) and a tick fills resting orders at the price
+of the process whose market ticked. Ticks of every process check the account's resting
+orders; the lock and the revision make the second one see an order the first filled.
+An update is emitted only by the process that made the change. On a shared store
+(PostgreSQL) reads (orders, trades, positions, balance) catch up first (one small read
+when nothing changed), and ticks re-read the account every ``paper_sync_seconds`` (a
+``BrokerContext.extras`` entry, default 1) to see orders other processes placed. On
+SQLite (one process) reads never touch the database: the copy is the account, and the
+engine's one connection may be held by the caller (the risk check reads the balance
+inside the order service's transaction). ``sync()`` catches up on any store.
 
 Concurrency: one ``asyncio.Lock`` serialises account mutations and saves. Updates are
 queued while the lock is held and delivered after it is released, in order, by a single
 drainer — so a handler may call back into the broker (``get_order``, even
 ``place_order``) without deadlocking, and never sees updates out of order. A handler's
 exception is logged, not propagated: the order has taken effect either way. A failed
-save is logged too (the next mutation saves the whole state again).
+save raises ``BrokerTimeout`` (the change may or may not be committed; the next change
+reloads the account from the store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -41,14 +58,9 @@ from trading_backend.brokers.base import (
     BrokerRejected,
     OrderUpdate,
 )
-from trading_backend.brokers.paper.exchange import (
-    STATE_VERSION,
-    PaperAccount,
-    _fill_to_dict,
-    _order_to_dict,
-    _position_to_dict,
-)
+from trading_backend.brokers.paper.exchange import PaperAccount
 from trading_backend.brokers.paper.market import Quote, SimulatedMarket
+from trading_backend.brokers.paper.persistence import AccountPersistence, Change
 from trading_backend.brokers.paper.settings import KNOWN_KEYS, PaperSettings
 from trading_backend.domain import Bar, ErrorCode, Fill, OrderType, Timeframe
 
@@ -86,6 +98,9 @@ class PaperBroker(Broker):
         self._queued = 0  # updates ever queued
         self._delivered = 0  # updates ever handed to the handler
         self._delivery = asyncio.Condition()
+        self._store = AccountPersistence(self.context.state_store, self.state_key)
+        self.sync_seconds = float(self.context.extras.get("paper_sync_seconds", 1.0))
+        self._synced_at = time.monotonic()
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> None:
@@ -104,19 +119,13 @@ class PaperBroker(Broker):
                 account = PaperAccount(
                     self.config.config_id, self.config.user_id, self.settings, self.market
                 )
-                store = self.context.state_store
-                if store is not None:
-                    saved = await self._load_saved(store)
-                    if saved:
-                        account.load_state(saved)
-                    else:
-                        # Pin the opening capital now: later settings changes do not rewrite it.
-                        await self._save(account)
+                # Loads the saved account, or saves the new one (pinning the opening
+                # capital: later settings changes do not rewrite it); expires stale orders.
+                now = datetime.now(UTC)
+                stale = await self._store.mutate(account, lambda a: a.expire_day_orders(now))
+                self._synced_at = time.monotonic()
                 self._account = account
-                stale = account.expire_day_orders(datetime.now(UTC))
-                if stale:
-                    await self._save(account, stale)
-                    self._queue_updates(stale)
+                self._queue_updates(stale)
             if not self._listening:
                 self.market.add_listener(self._on_quotes)
                 self._listening = True
@@ -146,83 +155,31 @@ class PaperBroker(Broker):
         return self._account
 
     # -- plumbing --------------------------------------------------------------------------
-    async def _load_saved(self, store: Any) -> dict[str, Any] | None:
-        head: dict[str, Any] | None = await store.load(self.state_key)
-        if not head or head.get("layout") != INCREMENTAL:
-            return head  # None, or a whole-account state written by a plain store
-        items = await store.load_prefix(self.state_key + ":")
-        orders = sorted(
-            (v for k, v in items.items() if k.startswith(self.state_key + ":o:")),
-            key=lambda v: v["seq"],
-        )
-        fills = sorted(
-            (v for k, v in items.items() if k.startswith(self.state_key + ":f:")),
-            key=lambda v: v["seq"],
-        )
-        state = {k: v for k, v in head.items() if k != "layout"}
-        state["orders"] = [o["order"] for o in orders]
-        state["fills"] = [f["fill"] for f in fills]
-        state["charges_detail"] = {
-            f["fill"]["trade_id"]: f["charges_detail"] for f in fills if f.get("charges_detail")
-        }
-        return state
+    async def _change(self, account: PaperAccount, change: Change) -> int:
+        """Apply ``change`` through the store (lock held); returns the update count the
+        caller must see delivered."""
+        updates = await self._store.mutate(account, change)
+        self._synced_at = time.monotonic()
+        return self._queue_updates(updates)
 
-    async def _save(self, account: PaperAccount, updates: list[OrderUpdate] | None = None) -> None:
-        """Persist the account; call with the lock held.
-
-        With a store that supports it (``save_many``/``load_prefix``), only what changed is
-        written: a small head (cash, counters, positions) plus one record per order or fill
-        touched by ``updates``, in one transaction. The cost of a save then stays flat as
-        the day's order book grows, instead of rewriting every order ever placed.
-        """
-        store = self.context.state_store
-        if store is None:
+    async def sync(self) -> None:
+        """Catch up with changes other processes (or other instances) made to this account,
+        whatever the store: tests and tools call it before reading balance or positions."""
+        account = self._account
+        if account is None:
             return
-        try:
-            if not (hasattr(store, "save_many") and hasattr(store, "load_prefix")):
-                await store.save(self.state_key, account.to_state())
-                return
-            state = account.to_state() if updates is None else None
-            head = {
-                "layout": INCREMENTAL,
-                "version": STATE_VERSION,
-                "config_id": account.config_id,
-                "initial_capital": str(account.initial_capital),
-                "cash": str(account.cash),
-                "order_counter": account.order_counter,
-                "trade_counter": account.trade_counter,
-                "positions": [_position_to_dict(p) for p in account.positions.values()],
-            }
-            items: dict[str, dict[str, Any]] = {self.state_key: head}
-            if state is not None:  # first save: everything
-                order_ids = [o["order_id"] for o in state["orders"]]
-                fills = list(account.fills)
-            else:
-                # Orders this change reported, plus every working order: a stop that
-                # triggered changes its order without reporting an update.
-                order_ids = list(
-                    dict.fromkeys(
-                        [u.state.broker_order_id for u in updates or []]
-                        + [e.order.broker_order_id or "" for e in account.working()]
-                    )
-                )
-                order_ids = [o for o in order_ids if o]
-                fills = [f for u in updates or [] for f in u.fills]
-            for order_id in order_ids:
-                entry = account.entry(order_id)
-                items[f"{self.state_key}:o:{order_id}"] = {
-                    "seq": _sequence(order_id),
-                    "order": _order_to_dict(entry),
-                }
-            for fill in fills:
-                items[f"{self.state_key}:f:{fill.trade_id}"] = {
-                    "seq": _sequence(fill.trade_id),
-                    "fill": _fill_to_dict(fill),
-                    "charges_detail": account.charges_detail.get(fill.trade_id),
-                }
-            await store.save_many(items)
-        except Exception:
-            log.exception("paper: saving the account failed", config_id=self.config.config_id)
+        async with self._lock:
+            await self._store.refresh(account, force=True)
+            self._synced_at = time.monotonic()
+
+    async def _fresh(self) -> PaperAccount:
+        """The account caught up with other processes' changes (on a shared store)."""
+        account = self._require()
+        if self._store.shared:
+            async with self._lock:
+                await self._store.refresh(account)
+                self._synced_at = time.monotonic()
+        return account
 
     def _queue_updates(self, updates: list[OrderUpdate]) -> int:
         """Queue updates (lock held); returns the count the caller must see delivered."""
@@ -272,21 +229,35 @@ class PaperBroker(Broker):
         if account is None:
             return
         async with self._lock:
-            updates, changed = account.on_quotes(quotes)
-            if changed:
-                await self._save(account, updates)
-            through = self._queue_updates(updates)
+            try:
+                if self._store.shared and time.monotonic() - self._synced_at >= self.sync_seconds:
+                    # Orders other processes placed rest here too: see them now and then.
+                    await self._store.refresh(account)
+                    self._synced_at = time.monotonic()
+                if not account.would_change(quotes):
+                    return  # the common tick: no transaction at all
+                through = await self._change(account, lambda a: a.on_quotes(quotes)[0])
+            except Exception:
+                log.exception(
+                    "paper: applying a market update failed", config_id=self.config.config_id
+                )
+                return
         await self._drain(through)
 
     # -- orders ----------------------------------------------------------------------------
     async def place_order(self, order: BrokerOrder) -> str:
         account = self._require()
+        placed: list[str] = []
+
+        def place(a: PaperAccount) -> list[OrderUpdate]:
+            broker_order_id, updates = a.place(order)
+            placed.append(broker_order_id)
+            return updates
+
         async with self._lock:
-            broker_order_id, updates = account.place(order)
-            await self._save(account, updates)
-            through = self._queue_updates(updates)
+            through = await self._change(account, place)
         await self._drain(through)
-        return broker_order_id
+        return placed[-1]
 
     async def modify_order(
         self,
@@ -299,23 +270,22 @@ class PaperBroker(Broker):
     ) -> None:
         account = self._require()
         async with self._lock:
-            updates = account.modify(
-                broker_order_id,
-                quantity=quantity,
-                price=price,
-                trigger_price=trigger_price,
-                order_type=order_type,
+            through = await self._change(
+                account,
+                lambda a: a.modify(
+                    broker_order_id,
+                    quantity=quantity,
+                    price=price,
+                    trigger_price=trigger_price,
+                    order_type=order_type,
+                ),
             )
-            await self._save(account, updates)
-            through = self._queue_updates(updates)
         await self._drain(through)
 
     async def cancel_order(self, broker_order_id: str) -> None:
         account = self._require()
         async with self._lock:
-            updates = account.cancel(broker_order_id)
-            await self._save(account, updates)
-            through = self._queue_updates(updates)
+            through = await self._change(account, lambda a: a.cancel(broker_order_id))
         await self._drain(through)
 
     async def expire_day_orders(self, now: datetime | None = None) -> list[BrokerOrderState]:
@@ -331,24 +301,32 @@ class PaperBroker(Broker):
             raise BrokerAuthError(
                 f"paper account {self.config.config_id} was never loaded: call authenticate()"
             )
+        expired: list[OrderUpdate] = []
+
+        def expire(a: PaperAccount) -> list[OrderUpdate]:
+            expired.extend(a.expire_day_orders(now))
+            return expired
+
         async with self._lock:
-            updates = account.expire_day_orders(now)
-            if updates:
-                await self._save(account, updates)
-            through = self._queue_updates(updates)
+            through = await self._change(account, expire)
         await self._drain(through)
-        return [u.state for u in updates]
+        return [u.state for u in expired]
 
     async def get_order(self, broker_order_id: str) -> BrokerOrderState:
-        account = self._require()
+        account = await self._fresh()
         return account.order_state(account.entry(broker_order_id))
 
     async def get_orders(self) -> list[BrokerOrderState]:
-        account = self._require()
+        account = await self._fresh()
         return [account.order_state(e) for e in account.orders.values()]
 
+    async def find_order_by_client_id(self, client_order_id: str) -> BrokerOrderState | None:
+        account = await self._fresh()
+        entry = account.by_client_id(client_order_id)
+        return account.order_state(entry) if entry is not None else None
+
     async def get_trades(self) -> list[Fill]:
-        return list(self._require().fills)
+        return list((await self._fresh()).fills)
 
     def charges_breakdown(self, trade_id: str) -> dict[str, str] | None:
         """The per-component charges of one paper trade (strings, as saved)."""
@@ -360,10 +338,10 @@ class PaperBroker(Broker):
 
     # -- portfolio and market data ---------------------------------------------------------
     async def get_positions(self) -> list[dict[str, Any]]:
-        return self._require().positions_view()
+        return (await self._fresh()).positions_view()
 
     async def get_balance(self) -> dict[str, Any]:
-        return self._require().balance_view()
+        return (await self._fresh()).balance_view()
 
     async def get_market_data(self, symbol: str, exchange: str) -> dict[str, Any]:
         return self._require().market_data(symbol, exchange)
@@ -392,12 +370,3 @@ class PaperBroker(Broker):
             ) from None
         except ValueError as exc:
             raise BrokerRejected(str(exc), ErrorCode.VALIDATION_ERROR) from None
-
-
-INCREMENTAL = "incremental"
-
-
-def _sequence(identifier: str) -> int:
-    """The counter at the end of ``PAPER-12`` or ``PT-cfg-7``: restores placement order."""
-    tail = identifier.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0

@@ -124,6 +124,10 @@ class PaperAccount:
         self.positions: dict[PositionKey, Position] = {}
         self.order_counter = 0
         self.trade_counter = 0
+        # Orders changed since the owner last took them (``take_dirty``): what a save must
+        # write, including a stop's silent trigger (every method that changes an order adds it).
+        self.dirty: set[str] = set()
+        self._by_client_id: dict[str, str] = {}  # client_order_id -> order id
 
     # -- lookups ---------------------------------------------------------------------------
     def entry(self, broker_order_id: str) -> _Entry:
@@ -159,6 +163,15 @@ class PaperAccount:
 
     def working(self) -> list[_Entry]:
         return list(self._working.values())
+
+    def by_client_id(self, client_order_id: str) -> _Entry | None:
+        order_id = self._by_client_id.get(client_order_id)
+        return self.orders.get(order_id) if order_id is not None else None
+
+    def take_dirty(self) -> set[str]:
+        """The ids of orders changed since the last call (and forget them)."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
 
     def _track(self, entry: _Entry) -> None:
         """Keep the working index in step with the entry's status."""
@@ -338,7 +351,17 @@ class PaperAccount:
         )
 
     def place(self, request: BrokerOrder) -> tuple[str, list[OrderUpdate]]:
-        """Validate, accept and try to fill at once; raises ``BrokerError`` on rejection."""
+        """Validate, accept and try to fill at once; raises ``BrokerError`` on rejection.
+
+        Like every mutating method here, a rejection is raised before anything changes.
+        An order whose ``client_order_id`` is already in the book is not placed again: its
+        id is returned with no updates. A worker that took over a dead worker's queue
+        entry may repeat a placement that did happen; this keeps it at most once.
+        """
+        if request.client_order_id:
+            existing = self.by_client_id(request.client_order_id)
+            if existing is not None:
+                return existing.order.order_id, []
         instrument = self._instrument(request.symbol, request.exchange)
         if not instrument.tradable:
             raise BrokerRejected(
@@ -359,7 +382,10 @@ class PaperAccount:
         order.status = OrderStatus.OPEN
         entry = _Entry(order, instrument.lot_size, instrument.tick_size)
         self.orders[order.order_id] = entry
+        if order.client_order_id:
+            self._by_client_id[order.client_order_id] = order.order_id
         self._track(entry)
+        self.dirty.add(order.order_id)
         updates = [self._update(entry)]
         quote = self._quote(order.symbol, order.exchange)
         if quote is not None:
@@ -411,6 +437,7 @@ class PaperAccount:
         )
         if order.order_type in (OrderType.SL, OrderType.SL_M) and not was_stop:
             entry.triggered = False
+        self.dirty.add(order.order_id)
         updates = [self._update(entry)]
         quote = self._quote(order.symbol, order.exchange)
         if quote is not None:
@@ -428,6 +455,7 @@ class PaperAccount:
             )
         entry.order.transition(OrderStatus.CANCELLED, message="cancelled by the user")
         self._track(entry)
+        self.dirty.add(entry.order.order_id)
         return [self._update(entry)]
 
     def expire_day_orders(self, now: datetime | None = None) -> list[OrderUpdate]:
@@ -444,6 +472,7 @@ class PaperAccount:
                     OrderStatus.EXPIRED, message="day order expired at the session close"
                 )
                 self._track(entry)
+                self.dirty.add(entry.order.order_id)
                 updates.append(self._update(entry))
         return updates
 
@@ -466,11 +495,31 @@ class PaperAccount:
             updates += new
         return updates, changed
 
-    def _match(self, entry: _Entry, quote: Quote, *, resting: bool) -> list[OrderUpdate]:
+    def would_change(self, quotes: Iterable[Quote]) -> bool:
+        """Whether ``on_quotes(quotes)`` would change anything (fill, trigger, cancel an
+        IOC remainder), without changing anything: the cheap test that spares a market
+        tick the database transaction of an account it leaves alone."""
+        if not self._working:
+            return False
+        by_key = {q.key: q for q in quotes}
+        for entry in self._working.values():
+            order = entry.order
+            quote = by_key.get(f"{order.exchange.value}:{order.symbol}")
+            if quote is None or entry.last_fill_sequence == quote.sequence:
+                continue
+            decision = self.fill_model.evaluate(self._fill_request(entry), quote)
+            if (
+                (decision.quantity > 0 and decision.price is not None)
+                or decision.cancel_remaining
+                or decision.triggered != entry.triggered
+            ):
+                return True
+        return False
+
+    @staticmethod
+    def _fill_request(entry: _Entry) -> FillRequest:
         order = entry.order
-        if entry.last_fill_sequence == quote.sequence:
-            return []  # this order already took its share of this update's volume
-        request = FillRequest(
+        return FillRequest(
             side=order.side,
             order_type=order.order_type,
             remaining_quantity=order.remaining_quantity,
@@ -481,7 +530,14 @@ class PaperAccount:
             lot_size=entry.lot_size,
             tick_size=entry.tick_size,
         )
-        decision = self.fill_model.evaluate(request, quote)
+
+    def _match(self, entry: _Entry, quote: Quote, *, resting: bool) -> list[OrderUpdate]:
+        order = entry.order
+        if entry.last_fill_sequence == quote.sequence:
+            return []  # this order already took its share of this update's volume
+        decision = self.fill_model.evaluate(self._fill_request(entry), quote)
+        if decision.triggered != entry.triggered:
+            self.dirty.add(order.order_id)
         entry.triggered = decision.triggered
         updates: list[OrderUpdate] = []
         if decision.quantity > 0 and decision.price is not None:
@@ -489,12 +545,14 @@ class PaperAccount:
             maker = resting and order.order_type is OrderType.LIMIT
             fill = self._execute(entry, decision.quantity, decision.price, quote, maker)
             updates.append(self._update(entry, [fill]))
+            self.dirty.add(order.order_id)
         if decision.cancel_remaining and order.status.is_working:
             order.transition(
                 OrderStatus.CANCELLED,
                 message=f"IOC: {order.remaining_quantity} unfilled, cancelled",
             )
             updates.append(self._update(entry))
+            self.dirty.add(order.order_id)
         self._track(entry)
         return updates
 
@@ -664,9 +722,62 @@ class PaperAccount:
             ) from exc
         self.orders = orders
         self._working = {oid: e for oid, e in orders.items() if e.order.status.is_working}
+        self._by_client_id = {
+            e.order.client_order_id: oid for oid, e in orders.items() if e.order.client_order_id
+        }
+        self.dirty = set()
         self.fills = fills
         self.charges_detail = {k: dict(v) for k, v in dict(state.get("charges_detail", {})).items()}
         self.positions = {(p.exchange.value, p.symbol, p.product_type.value): p for p in positions}
+
+    def merge_state(
+        self,
+        head: Mapping[str, Any],
+        orders: Iterable[Mapping[str, Any]],
+        fills: Iterable[Mapping[str, Any]],
+        charges_detail: Mapping[str, Mapping[str, str]],
+    ) -> None:
+        """Bring the account up to date with another process's changes: ``head`` holds the
+        whole ledger (cash, counters, positions), ``orders`` and ``fills`` only the records
+        changed since this account was last in step. Everything is parsed before anything
+        changes, so an unreadable record leaves the account as it was."""
+        try:
+            entries = [_entry_from_dict(o) for o in orders]
+            new_fills = [_fill_from_dict(f) for f in fills]
+            positions = [_position_from_dict(p) for p in head.get("positions", [])]
+            cash = Decimal(head["cash"])
+            order_counter = int(head["order_counter"])
+            trade_counter = int(head["trade_counter"])
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise BrokerError(
+                f"saved paper account state for {self.config_id} is unreadable: {exc}"
+            ) from exc
+        for entry in entries:
+            order_id = entry.order.order_id
+            previous = self.orders.get(order_id)
+            if previous is not None:  # the same market update must not fill it twice here
+                entry.last_fill_sequence = previous.last_fill_sequence
+            self.orders[order_id] = entry  # an existing key keeps its place (placement order)
+            if entry.order.client_order_id:
+                self._by_client_id[entry.order.client_order_id] = order_id
+            if entry.order.status.is_working:
+                self._working[order_id] = entry
+            else:
+                self._working.pop(order_id, None)
+        known = {f.trade_id for f in self.fills}
+        self.fills.extend(
+            sorted((f for f in new_fills if f.trade_id not in known), key=_trade_sequence)
+        )
+        self.charges_detail.update({k: dict(v) for k, v in charges_detail.items()})
+        self.positions = {(p.exchange.value, p.symbol, p.product_type.value): p for p in positions}
+        self.cash = cash
+        self.order_counter = order_counter
+        self.trade_counter = trade_counter
+
+
+def _trade_sequence(fill: Fill) -> int:
+    tail = fill.trade_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _opt(value: Decimal | None) -> str | None:
