@@ -117,9 +117,18 @@ class Runtime:
         # -- end events
         self.recorder = OrderRecorder(self.db, self.locks)
         self.recorder.add_listener(self.order_feed.publish)
+        # -- shared sessions (issue #7): logins serialised per broker account across
+        # processes (a Redis lock with REDIS_URL); tokens shared through the database
+        from trading_backend.brokers.session_store import LoginLocks
+
         self.sessions = BrokerSessionManager(
-            self.db, self.vault, self.broker_context, on_update=self.recorder.handle_update
+            self.db,
+            self.vault,
+            self.broker_context,
+            on_update=self.recorder.handle_update,
+            login_locks=LoginLocks(settings.redis_url, prefix=settings.queue_prefix),
         )
+        # -- end shared sessions
         # -- queue (issue #7): QUEUE_BACKEND (auto: Redis Streams when REDIS_URL is set)
         from trading_backend.execution.redis_queue import build_queue
 
@@ -325,6 +334,33 @@ class Runtime:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
+    # -- dbdown (issue #7): the order worker outlives a database outage
+    @cached_property
+    def worker_failed(self) -> asyncio.Event:
+        """Set each time the order worker's loop failed and is about to start again (tests
+        wait on it; clear it to wait for the next one)."""
+        return asyncio.Event()
+
+    async def _run_worker(self, first_delay: float = 0.5, max_delay: float = 5.0) -> None:
+        """The order worker's loop, started again after it failed (PostgreSQL away: claiming
+        an entry raises) with back-off, until ``stop()``. Without this the task would end
+        and orders accepted after the database came back would wait for a restart."""
+        delay = first_delay
+        while not self._stop.is_set():
+            started = asyncio.get_running_loop().time()
+            try:
+                await self.worker.run(self._stop)
+                return
+            except Exception as exc:  # noqa: BLE001 - logged and retried, never fatal
+                if asyncio.get_running_loop().time() - started > 60:
+                    delay = first_delay  # a fresh failure after a long healthy run
+                log.warning("order_worker_failed", error=type(exc).__name__, retry_in=delay)
+                self.worker_failed.set()
+                await self._wait_stop(delay)
+                delay = min(delay * 2, max_delay)
+
+    # -- end dbdown
+
     @cached_property
     def strategy_registry(self) -> StrategyRegistry:
         """Built-ins, entry-point strategies and ``STRATEGIES_DIR``."""
@@ -482,7 +518,7 @@ class Runtime:
             if recovered:
                 log.warning("queue_entries_recovered", count=recovered)
             await self.worker.reconcile_all()
-            self._spawn(self.worker.run(self._stop), "order-worker")
+            self._spawn(self._run_worker(), "order-worker")  # -- dbdown (issue #7)
         if market:
             self._spawn(self.market.run(self.settings.market_tick_seconds), "paper-market")
         if market:

@@ -16,12 +16,18 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from trading_backend.accounts.vault import Vault
-from trading_backend.storage.models import BrokerConfig, BrokerSessionRow, User
+from trading_backend.storage.models import (
+    BrokerConfig,
+    BrokerSessionRow,
+    BrokerSessionTokens,
+    User,
+)
 
 # (model, primary key column, encrypted column)
 ENCRYPTED_COLUMNS: list[tuple[Any, Any, Any]] = [
     (BrokerConfig, BrokerConfig.id, BrokerConfig.credentials_encrypted),
     (BrokerSessionRow, BrokerSessionRow.id, BrokerSessionRow.session_data_encrypted),
+    (BrokerSessionTokens, BrokerSessionTokens.config_id, BrokerSessionTokens.tokens_encrypted),
     (User, User.id, User.totp_secret_encrypted),
 ]
 

@@ -1,6 +1,13 @@
 """One live broker session per (user, broker config), with a health monitor that
 re-authenticates expired sessions.
 
+Sessions are shared between processes (issue #7, ``session_store``): an adapter that can
+export its tokens (Angel One) first tries the tokens another process stored, and every
+login goes through a cross-process lock per (broker, account) that adopts tokens stored
+meanwhile instead of logging in again. Closing a session (the user's request) logs out and
+deletes the stored tokens; a process shutting down (``close_all``) leaves a shared session
+alive for the other processes and the next start.
+
 Configs are always loaded with the caller's user id: a config of another user is
 CONFIG_NOT_FOUND, never "forbidden", so its existence is not revealed.
 """
@@ -29,6 +36,12 @@ from trading_backend.brokers.base import (
     OrderUpdate,
 )
 from trading_backend.brokers.registry import BrokerRegistry
+from trading_backend.brokers.session_store import (
+    LoginLocks,
+    SessionTokenStore,
+    SharedSession,
+    shares_sessions,
+)
 from trading_backend.domain import DomainError, ErrorCode
 from trading_backend.storage.models import BrokerConfig, BrokerSessionRow
 
@@ -51,6 +64,7 @@ class BrokerSession:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_activity: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_error: str | None = None
+    shared: SharedSession | None = field(default=None, repr=False)
 
     def touch(self) -> None:
         self.last_activity = datetime.now(UTC)
@@ -86,11 +100,16 @@ class BrokerSessionManager:
         vault: Vault,
         context: BrokerContext,
         on_update: UpdateSink | None = None,
+        login_locks: LoginLocks | None = None,
     ) -> None:
+        """``login_locks``: serialise logins across processes (a Redis URL); the default
+        serialises them within this process only."""
         self._db = db
         self._vault = vault
         self._context = context
         self._on_update = on_update
+        self.token_store = SessionTokenStore(db, vault)
+        self.login_locks = login_locks or LoginLocks()
         self._sessions: dict[tuple[str, str], BrokerSession] = {}
         self._opening: dict[tuple[str, str], asyncio.Lock] = {}
         self.on_session_opened: list[Callable[[BrokerSession], Awaitable[None]]] = []
@@ -144,8 +163,21 @@ class BrokerSessionManager:
             broker = broker_cls(config, self._context)
             if self._on_update is not None:
                 broker.set_order_update_handler(self._on_update)
+            shared: SharedSession | None = None
             try:
-                ok = await broker.authenticate()
+                if shares_sessions(broker):
+                    shared = SharedSession(broker, self.token_store, self.login_locks)
+                    shared.gated = broker.set_session_gate(shared.gate)
+                    # Stored tokens first; else authenticate() logs in through the gate
+                    # (or, for an adapter without gate support, under it).
+                    if await shared.restore() or shared.gated:
+                        ok = await broker.authenticate()
+                    else:
+                        ok = await shared.authenticate()
+                    if ok:
+                        await shared.save_if_changed()
+                else:
+                    ok = await broker.authenticate()
             except BrokerError:
                 await broker.close()
                 raise
@@ -162,6 +194,7 @@ class BrokerSessionManager:
                 config_id=config_id,
                 broker_name=BrokerName(config.broker),
                 broker=broker,
+                shared=shared,
             )
             self._sessions[key] = session
             await self._persist(session)
@@ -179,11 +212,21 @@ class BrokerSessionManager:
     def find(self, user_id: str, config_id: str) -> BrokerSession | None:
         return self._sessions.get((user_id, config_id))
 
-    async def close(self, user_id: str, config_id: str) -> BrokerSession:
+    async def close(self, user_id: str, config_id: str, *, logout: bool = True) -> BrokerSession:
+        """End the session here. ``logout`` (a user's request) also ends it at the broker
+        and deletes the stored tokens; without it (this process shutting down) a shared
+        session stays usable by the other processes."""
         session = self._sessions.pop((user_id, config_id), None)
         if session is None:
             raise SessionNotFound(f"no broker session for config {config_id!r}")
-        await self._shutdown_broker(session)
+        if logout or session.shared is None:
+            try:
+                await self._shutdown_broker(session)
+            finally:
+                if session.shared is not None:
+                    await session.shared.forget()
+        else:
+            await session.broker.close()
         async with self._db() as db, db.begin():
             await db.execute(
                 update(BrokerSessionRow)
@@ -194,11 +237,14 @@ class BrokerSessionManager:
         return session
 
     async def close_all(self) -> None:
+        """Process shutdown: close every session; shared ones are not logged out (other
+        processes and the next start keep using their tokens)."""
         for key in list(self._sessions):
             try:
-                await self.close(*key)
+                await self.close(*key, logout=False)
             except Exception:
                 log.exception("broker_session_close_failed", config_id=key[1])
+        await self.login_locks.aclose()
 
     @staticmethod
     async def _shutdown_broker(session: BrokerSession) -> None:
@@ -233,7 +279,13 @@ class BrokerSessionManager:
 
     async def _reauthenticate(self, session: BrokerSession) -> None:
         try:
-            ok = await session.broker.authenticate()
+            shared = session.shared
+            if shared is not None and not shared.gated:
+                ok = await shared.authenticate()
+            else:
+                ok = await session.broker.authenticate()
+            if ok and shared is not None:
+                await shared.save_if_changed()
         except Exception as exc:  # noqa: BLE001 - recorded on the session
             ok = False
             session.last_error = str(exc) if isinstance(exc, DomainError) else type(exc).__name__

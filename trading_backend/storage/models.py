@@ -164,6 +164,27 @@ class BrokerSessionRow(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+# -- shared sessions (issue #7) --
+class BrokerSessionTokens(Base):
+    """A broker config's session tokens, shared by every process (``brokers.session_store``):
+    encrypted with the vault, ``version`` bumped on every write so a process can tell that
+    another one logged in since it last looked."""
+
+    __tablename__ = "broker_session_tokens"
+
+    config_id: Mapped[str] = mapped_column(
+        ForeignKey("broker_configs.id", ondelete="CASCADE"), primary_key=True
+    )
+    broker: Mapped[str] = mapped_column(String(32))
+    tokens_encrypted: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# -- end shared sessions
+
+
 class OrderRow(Base):
     __tablename__ = "orders"
     __table_args__ = (

@@ -7,7 +7,11 @@ Rules it follows (BROKER_PROTOCOLS §1.4 and Part 4, pitfalls 2-4):
   we wait for the next 30 s step and retry exactly once — never loop: login is limited to
   1/s and repeated failures can lock the account. Logins of one client code are
   serialised process-wide (one lock per client code) and spend the ``login`` rate budget.
-* **Tokens** live in memory only (never logged, never persisted). The JWT is valid until
+* **Tokens** are never logged. They live in memory and, when ``BrokerSessionManager``
+  shares sessions between processes, in the database encrypted with the vault
+  (``export``/``restore``; every login and refresh then goes through ``renewal_gate``, a
+  cross-process lock that adopts tokens another process just stored instead of logging in
+  again: see ``brokers/session_store.py``). The JWT is valid until
   **midnight IST** of the day of login (``protocol.next_midnight_ist``): past that,
   ``is_valid()`` is False and a background task logs in again shortly after midnight with
   a fresh TOTP (``relogin_delay`` seconds after 00:00 IST).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import hashlib
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,7 +43,7 @@ from trading_backend.brokers.angel_one.protocol import (
     Envelope,
     next_midnight_ist,
 )
-from trading_backend.brokers.base import BrokerAuthError, BrokerError
+from trading_backend.brokers.base import BrokerAuthError, BrokerError, SessionGate
 from trading_backend.domain import ErrorCode
 
 __all__ = ["AngelCredentials", "AngelSession", "login_lock"]
@@ -131,6 +136,10 @@ class AngelSession:
         self._lock = asyncio.Lock()
         self._scheduler: asyncio.Task[None] | None = None
         self._closed = False
+        # Shared sessions (issue #7): logins and refreshes go through this gate when set;
+        # ``_gate_task`` is the task inside it (a nested login must not take it again).
+        self.renewal_gate: SessionGate | None = None
+        self._gate_task: asyncio.Task[Any] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -165,8 +174,12 @@ class AngelSession:
 
     # -- login -----------------------------------------------------------------------------
     async def login(self) -> None:
-        """A full TOTP login (serialised per client code). Raises ``BrokerAuthError``
-        (``INVALID_TOTP`` for a TOTP refused twice)."""
+        """A full TOTP login (serialised per client code; through ``renewal_gate`` when
+        sessions are shared, which may adopt another process's fresh tokens instead).
+        Raises ``BrokerAuthError`` (``INVALID_TOTP`` for a TOTP refused twice)."""
+        await self._renew(self._login)
+
+    async def _login(self) -> None:
         async with login_lock(self.credentials.client_code):
             envelope = await self._login_once()
             if not envelope.ok and envelope.error_code == "AB1050":
@@ -202,11 +215,95 @@ class AngelSession:
                 expires_at=self.expires_at.isoformat(),
             )
         self._ensure_scheduler()
+        await self._notify_login()
+
+    async def _notify_login(self) -> None:
+        """New tokens (our login or adopted ones): e.g. the order socket reconnects."""
         for callback in list(self.on_login):
             try:
                 await callback()
             except Exception:
                 log.exception("angel_on_login_callback_failed")
+
+    async def _renew(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run a login/refresh, through ``renewal_gate`` when one is set (once: a login
+        nested in a gated refresh runs directly). If the gate adopted tokens another
+        process stored instead of running ``action``, the login callbacks run as after a
+        login of our own."""
+        gate = self.renewal_gate
+        current = asyncio.current_task()
+        if gate is None or (current is not None and current is self._gate_task):
+            await action()
+            return
+        ran = False
+
+        async def run() -> None:
+            nonlocal ran
+            ran = True
+            await action()
+
+        outer, self._gate_task = self._gate_task, current
+        try:
+            await gate(run)
+        finally:
+            self._gate_task = outer
+        if not ran:
+            await self._notify_login()
+
+    # -- shared sessions (issue #7) -----------------------------------------------------------
+    def _account_fingerprint(self) -> str:
+        """Ties exported tokens to this API key and client code (a config edited to
+        another account must not adopt the old account's tokens); not a secret."""
+        raw = f"{self.credentials.api_key}\0{self.credentials.client_code}".encode()
+        return hashlib.sha256(raw).hexdigest()[:32]
+
+    def export(self) -> dict[str, Any] | None:
+        """The tokens and their expiry for other processes (never log the result); None
+        without a live session."""
+        if not self.is_valid() or self.jwt is None or self.expires_at is None:
+            return None
+        return {
+            "account": self._account_fingerprint(),
+            "jwt": self.jwt,
+            "refresh_token": self.refresh_token,
+            "feed_token": self.feed_token,
+            "logged_in_at": self.logged_in_at.isoformat() if self.logged_in_at else None,
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+    def restore(self, data: dict[str, Any]) -> bool:
+        """Adopt exported tokens if they belong to this account and are not past their
+        expiry at our clock; False (nothing changed) otherwise. Whether Angel still
+        accepts them shows at the next call (a session error logs in again as usual)."""
+        try:
+            if data.get("account") != self._account_fingerprint():
+                return False
+            jwt = data.get("jwt")
+            expires_at = datetime.fromisoformat(str(data["expires_at"]))
+            logged_in = data.get("logged_in_at")
+            logged_in_at = datetime.fromisoformat(str(logged_in)) if logged_in else None
+        except (KeyError, TypeError, ValueError):
+            return False
+        if not isinstance(jwt, str) or not jwt or expires_at.tzinfo is None:
+            return False
+        if self.clock() >= expires_at:
+            return False
+        refresh, feed = data.get("refresh_token"), data.get("feed_token")
+        self.jwt = jwt
+        self.refresh_token = str(refresh) if refresh else None
+        self.feed_token = str(feed) if feed else None
+        self.logged_in_at = logged_in_at
+        self.expires_at = expires_at
+        self.invalidated = False
+        log.info(
+            "angel_session_restored",
+            client_code=self.credentials.client_code,
+            expires_at=expires_at.isoformat(),
+        )
+        self._ensure_scheduler()
+        return True
+
+    # -- end shared sessions ----------------------------------------------------------------------
 
     async def _login_once(self) -> Envelope:
         body = {
@@ -230,24 +327,27 @@ class AngelSession:
         """Renew the tokens with ``generateTokens`` (same day); falls back to a full
         login when the refresh token is refused or the day is over."""
         async with self._lock:
-            if self.refresh_token is None or self.jwt is None or not self._before_expiry():
-                await self.login()
-                return
-            envelope = await self.client.call(
-                "generate_tokens", {"refreshToken": self.refresh_token}, jwt=self.jwt
-            )
-            data = envelope.data if isinstance(envelope.data, dict) else {}
-            if envelope.ok and data.get("jwtToken"):
-                self._store_tokens(data)
-                log.info("angel_tokens_refreshed", client_code=self.credentials.client_code)
-                return
-            if envelope.error_code not in REFRESH_ERRORS | SESSION_ERRORS:
-                log.warning(
-                    "angel_refresh_failed",
-                    client_code=self.credentials.client_code,
-                    error_code=envelope.error_code,
-                )
+            await self._renew(self._refresh)
+
+    async def _refresh(self) -> None:
+        if self.refresh_token is None or self.jwt is None or not self._before_expiry():
             await self.login()
+            return
+        envelope = await self.client.call(
+            "generate_tokens", {"refreshToken": self.refresh_token}, jwt=self.jwt
+        )
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        if envelope.ok and data.get("jwtToken"):
+            self._store_tokens(data)
+            log.info("angel_tokens_refreshed", client_code=self.credentials.client_code)
+            return
+        if envelope.error_code not in REFRESH_ERRORS | SESSION_ERRORS:
+            log.warning(
+                "angel_refresh_failed",
+                client_code=self.credentials.client_code,
+                error_code=envelope.error_code,
+            )
+        await self.login()
 
     def _before_expiry(self) -> bool:
         return self.expires_at is not None and self.clock() < self.expires_at

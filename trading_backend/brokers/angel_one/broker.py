@@ -86,6 +86,7 @@ from trading_backend.brokers.base import (
     BrokerRejected,
     BrokerTimeout,
     OrderUpdate,
+    SessionGate,  # -- shared sessions (issue #7)
 )
 from trading_backend.domain import Bar, ErrorCode, Exchange, Fill, OrderType, Timeframe
 
@@ -308,6 +309,22 @@ class AngelOneBroker(Broker):
 
     async def is_session_valid(self) -> bool:
         return self.session.is_valid()
+
+    # -- shared sessions (issue #7): tokens shared between processes (auth.AngelSession)
+    def export_session(self) -> dict[str, Any] | None:
+        return self.session.export()
+
+    def restore_session(self, data: dict[str, Any]) -> bool:
+        return self.session.restore(data)
+
+    def session_account(self) -> str:
+        return self.credentials.client_code
+
+    def set_session_gate(self, gate: SessionGate | None) -> bool:
+        self.session.renewal_gate = gate
+        return True
+
+    # -- end shared sessions
 
     async def _after_login(self) -> None:
         # A new JWT: the order-update socket must reconnect with it.
