@@ -1,0 +1,1 @@
+"""Multi-process tests of production mode (issue #7)."""
