@@ -80,6 +80,8 @@ COMMANDS = [
     ["queue", "depth"],
     ["queue", "dead-letters"],
     ["queue", "retry"],
+    ["marketdata"],
+    ["marketdata", "run"],
 ]
 
 

@@ -54,6 +54,11 @@ from trading_backend import queue_cli  # noqa: E402
 
 app.add_typer(queue_cli.app, name="queue")
 # -- end queue
+# -- mdrole (issue #7) --
+from trading_backend import marketdata_cli  # noqa: E402
+
+app.add_typer(marketdata_cli.app, name="marketdata")
+# -- end mdrole
 
 # Broker-specific setup commands (issue #6).
 from trading_backend.brokers import angel_one_cli  # noqa: E402

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from trading_backend.accounts.two_factor import TwoFactorService
     from trading_backend.execution.leases import Lease  # leases (issue #7)
     from trading_backend.marketdata.candles import CandleService, Fetch
+    from trading_backend.marketdata.distribution import MarketDistribution  # mdrole (#7)
     from trading_backend.marketdata.hub import MarketHub
     from trading_backend.marketdata.instruments import InstrumentStore
     from trading_backend.marketdata.live import LiveMarket
@@ -277,16 +278,42 @@ class Runtime:
         data: dict[str, Any] = await session.broker.get_market_data(symbol, exchange.value)
         return data
 
-    async def _run_live_feed(self) -> None:
-        """Log in the market-data account, open its feed and hand it to the hub; retried
-        with back-off while the broker or the config is not usable."""
+    # -- mdrole (issue #7): the live feed, alone (embedded) or as a cluster singleton --
+    @cached_property
+    def market_distribution(self) -> MarketDistribution | None:
+        """With a live source, REDIS_URL and the Redis event bus: the shared feed's local
+        part (quotes from the holder, this process's watched instruments to it), see
+        ``marketdata.distribution``; None otherwise (every process then runs its own feed,
+        which is right for a single process only)."""
+        if self.live_market is None or not self.events.remote or self.lease_redis is None:
+            return None
+        from trading_backend.marketdata.distribution import MarketDistribution
+
+        live, hub = self.live_market, self.market_hub
+
+        async def apply(quotes: list[Any]) -> None:
+            await live.record(quotes)
+            await hub.publish(quotes)
+
+        return MarketDistribution(
+            self.events,
+            self.lease_redis,
+            feed=self.settings.market_data_config_id or "unconfigured",
+            prefix=self.settings.queue_prefix,
+            sink=apply,
+            refresh=self.settings.lease_renew_seconds,
+            ttl=self.settings.lease_ttl_seconds,
+        )
+
+    async def _open_live_feed(self, sink: Callable[[Any], Awaitable[None]]) -> Any:
+        """Log in the market-data account and open its feed, its quotes going to ``sink``;
+        retried with back-off while the broker or the config is not usable. Returns the
+        ``AngelOneFeedUpstream`` (its ``feed`` running), or None once ``stop()`` is set."""
         from trading_backend.brokers.angel_one.feed import AngelOneFeed, FeedCredentials
         from trading_backend.marketdata.feeds import AngelOneFeedUpstream
 
         assert self.live_market is not None
         resolver = self.live_market.resolver
-        hub = self.market_hub
-        live = self.live_market
 
         async def credentials() -> FeedCredentials:
             session = await self.market_data_session()
@@ -304,11 +331,6 @@ class Runtime:
             found = resolver.resolve_key(key)
             return (found[0].value, found[1]) if found is not None else None
 
-        async def sink(quotes: Any) -> None:
-            quotes = list(quotes)
-            await live.record(quotes)
-            await hub.publish(quotes)
-
         delay = 1.0
         while not self._stop.is_set():
             try:
@@ -324,11 +346,72 @@ class Runtime:
                 await self._wait_stop(delay)
                 delay = min(delay * 2, 60.0)
                 continue
-            self._live_feed = feed
-            await self.feed_upstream.attach(upstream)
-            self.live_feed_ready.set()
-            log.info("live_feed_started", source=self.settings.market_data_source)
+            return upstream
+        return None
+
+    async def _run_live_feed(self) -> None:
+        """Embedded mode: this process's own feed becomes its hub's upstream."""
+        assert self.live_market is not None
+        hub, live = self.market_hub, self.live_market
+
+        async def sink(quotes: Any) -> None:
+            quotes = list(quotes)
+            await live.record(quotes)
+            await hub.publish(quotes)
+
+        upstream = await self._open_live_feed(sink)
+        if upstream is None:
             return
+        self._live_feed = upstream.feed
+        await self.feed_upstream.attach(upstream)
+        self.live_feed_ready.set()
+        log.info("live_feed_started", source=self.settings.market_data_source)
+
+    async def _hold_live_feed(self, token: int) -> None:
+        """The feed singleton's work while this process holds ``feed:<config id>``: open
+        the feed, apply its quotes here and publish them to the cluster, subscribe what
+        the cluster watches; the feed is closed when the lease is lost or at shutdown."""
+        distribution = self.market_distribution
+        assert self.live_market is not None and distribution is not None
+        hub, live = self.market_hub, self.live_market
+
+        async def sink(quotes: Any) -> None:
+            quotes = list(quotes)
+            distribution.publish(quotes, token)
+            await live.record(quotes)
+            await hub.publish(quotes)
+
+        upstream = await self._open_live_feed(sink)
+        if upstream is None:
+            return
+        self._live_feed = upstream.feed
+        self.live_feed_ready.set()
+        log.info("live_feed_started", source=self.settings.market_data_source, token=token)
+        try:
+            await distribution.follow_wants(upstream, token)
+        finally:
+            self.live_feed_ready.clear()
+            self._live_feed = None
+            with contextlib.suppress(Exception):
+                await upstream.feed.close()
+            log.info("live_feed_stopped", token=token)
+
+    async def _start_live_feed(self, *, market: bool, feed: bool) -> None:
+        """Embedded: this process runs its own feed (with ``feed``). Cluster (Redis): every
+        process with a market receives the holder's quotes and publishes what its hub
+        watches; those with ``feed`` stand by for the lease ``feed:<config id>``."""
+        distribution = self.market_distribution if (market or feed) else None
+        if distribution is None:
+            if feed:
+                self._spawn(self._run_live_feed(), "live-feed")
+            return
+        await distribution.start()
+        await self.feed_upstream.attach(distribution.wanted)
+        if feed:
+            name = f"feed:{self.settings.market_data_config_id or 'unconfigured'}"
+            self._spawn(self._run_singleton(name, self._hold_live_feed), "live-feed")
+
+    # -- end mdrole
 
     async def _wait_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -484,9 +567,12 @@ class Runtime:
         market: bool = True,
         health_monitor: bool = True,
         strategies: bool = False,
+        market_feed: bool | None = None,  # -- mdrole (issue #7)
     ) -> None:
         """``strategies``: host the strategy runner here (resume RUNNING strategies, then
-        follow start/stop requests from other processes)."""
+        follow start/stop requests from other processes). ``market_feed``: with a live
+        market-data source, run (embedded) or stand by for (cluster) the broker feed;
+        default: with ``market`` and EMBEDDED_MARKET_FEED."""
         if self.started:
             return
         if strategies and "strategy_runner" in self.__dict__:
@@ -528,8 +614,17 @@ class Runtime:
                 self._spawn(
                     self.risk_service.run_intraday_square_off(square_off), "intraday-square-off"
                 )
-        if market and self.live_market is not None:
-            self._spawn(self._run_live_feed(), "live-feed")
+        # -- mdrole (issue #7): the live feed; shared through Redis when a cluster has it
+        if self.live_market is not None:
+            await self._start_live_feed(
+                market=market,
+                feed=(
+                    (market and self.settings.embedded_market_feed)
+                    if market_feed is None
+                    else market_feed
+                ),
+            )
+        # -- end mdrole
         # -- instruments (issue #6): daily Angel One scrip-master refresh, only when enabled
         if market and self.settings.instruments_auto_refresh:
             from trading_backend.marketdata.instruments import run_daily_refresh
@@ -631,6 +726,13 @@ class Runtime:
         if isinstance(self.queue, RedisStreamsQueue):
             await self.queue.close()
         # -- end queue
+        # -- mdrole (issue #7): withdraw this process's watched instruments (before the
+        # Redis client closes)
+        distribution = self.__dict__.pop("market_distribution", None)
+        if distribution is not None:
+            with contextlib.suppress(Exception):
+                await distribution.close()
+        # -- end mdrole
         # -- leases (issue #7): singletons have released their leases above; close the client
         lease_redis = self.__dict__.pop("lease_redis", None)
         self.__dict__.pop("leases", None)
@@ -657,6 +759,7 @@ class Runtime:
             depth, queue_ok = {}, False
         status = self.sessions.system_status(self.background_tasks)
         healthy = database_ok and queue_ok
+        distribution = self.__dict__.get("market_distribution")  # -- mdrole (issue #7)
         return {
             "status": "healthy" if healthy else "unhealthy",
             "database": {"ok": database_ok, "backend": self.engine.dialect.name},
@@ -680,5 +783,8 @@ class Runtime:
                     if self._live_feed is not None
                     else {}
                 ),
+                # -- mdrole (issue #7): the shared feed (holder here or not, batches)
+                **(distribution.status() if distribution is not None else {}),
+                # -- end mdrole
             },
         }

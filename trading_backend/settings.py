@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     # broker's instrument master (`trading-backend instruments load`).
     market_data_source: Literal["paper", "angel_one"] = "paper"
     market_data_config_id: str | None = None
+    # -- mdrole (issue #7) --
+    # With a live source and REDIS_URL the feed runs in one process of the cluster (a
+    # lease); every process that starts the market stands by for it unless this is false
+    # (set it false everywhere but `trading-backend marketdata run` to keep the feed there).
+    embedded_market_feed: bool = True
+    # -- end mdrole
 
     # Paper market and order path
     market_seed: int = 42
