@@ -9,6 +9,7 @@ the first one's orders and cash.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from trading_backend.storage.models import BrokerStateRow, utcnow
 __all__ = ["DatabaseStateStore", "LockedState", "MemoryStateStore"]
 
 
-class LockedState:
+class LockedState(abc.ABC):
     """The view of a ``locked(key)`` block: ``state`` is the value of ``key`` read under the
     lock (``None`` when there is none yet); other keys can be read in the same transaction;
     ``stage`` collects writes, applied together when the block ends without an exception.
@@ -38,11 +39,13 @@ class LockedState:
     def stage(self, items: dict[str, dict[str, Any]]) -> None:
         self.staged.update(items)
 
+    @abc.abstractmethod
     async def load_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover - overridden
+        """Other keys, read in the same transaction (each store reads its own way)."""
 
+    @abc.abstractmethod
     async def load_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover - overridden
+        """Every key under ``prefix``, read in the same transaction."""
 
 
 class _DatabaseLockedState(LockedState):

@@ -915,8 +915,7 @@ async def test_drop_websockets_closes_abnormally(logged_in: Env) -> None:
 
 async def test_set_price_publishes_feed_ticks(logged_in: Env) -> None:
     env = logged_in
-    if env.fake.feed is None:
-        pytest.skip("feed_ws.py not yet delivered")
+    assert env.fake.feed is not None  # the feed endpoint is mounted
     from trading_backend.brokers.angel_one import packets
 
     feed_headers = {
