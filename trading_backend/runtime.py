@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -157,6 +158,12 @@ class Runtime:
             lambda change: self.events.publish("risk", change.as_payload())
         )
         # -- end events
+        # -- cluster risk (issue #7): users' checks serialised across processes; loss
+        # limits judged by the risk monitor's lease holder only
+        if settings.redis_url:
+            self.risk_service.user_lock = self._risk_user_lock
+            self.risk_service.acts_on_breaches = False
+        # -- end cluster risk
         self.risk: RiskCheck = risk or self.risk_service
         self.orders = OrderService(self.db, self.queue, self.risk, self.recorder, self.locks)
         self.risk_service.orders = self.orders
@@ -546,6 +553,32 @@ class Runtime:
             )
         return self.leases[name]
 
+    # -- cluster risk (issue #7)
+    def _risk_user_lock(self, user_id: str) -> AbstractAsyncContextManager[Any]:
+        from trading_backend.execution.leases import RedisLock
+
+        redis = self.lease_redis
+        assert redis is not None  # set only with REDIS_URL
+        return RedisLock(
+            redis,
+            f"{self.settings.queue_prefix}risk:user:{user_id}",
+            ttl=self.settings.risk_lock_ttl_seconds,
+            timeout=self.settings.risk_lock_timeout_seconds,
+            backoff=0.002,
+            max_backoff=0.05,
+        )
+
+    async def _risk_monitor(self, _token: int) -> None:
+        """The cluster's risk monitor: loss limits, breaches, and the intraday square-off
+        (once across the cluster, not once per worker)."""
+        work = [self.risk_service.run_monitor(self.settings.risk_monitor_seconds)]
+        square_off = self.risk_engine.default_limits.intraday_square_off
+        if square_off is not None:
+            work.append(self.risk_service.run_intraday_square_off(square_off))
+        await asyncio.gather(*work)
+
+    # -- end cluster risk
+
     async def _run_singleton(
         self, name: str, work: Callable[[int], Coroutine[Any, Any, object]]
     ) -> None:
@@ -610,7 +643,7 @@ class Runtime:
         if market:
             self._spawn(self._expire_day_orders_at_each_close(), "session-close")
             square_off = self.risk_engine.default_limits.intraday_square_off
-            if worker and square_off is not None:
+            if worker and square_off is not None and not self.settings.redis_url:
                 self._spawn(
                     self.risk_service.run_intraday_square_off(square_off), "intraday-square-off"
                 )
@@ -634,6 +667,10 @@ class Runtime:
                 "instruments-refresh",
             )
         # -- end instruments
+        # -- cluster risk (issue #7): one risk monitor across the cluster
+        if self.settings.redis_url:
+            self._spawn(self._run_singleton("risk-monitor", self._risk_monitor), "risk-monitor")
+        # -- end cluster risk
         if health_monitor:
             # -- leases (issue #7): one health monitor across the cluster (a Redis lease)
             interval = self.settings.health_check_seconds

@@ -141,6 +141,17 @@ class Settings(BaseSettings):
         return value
 
     # -- end leases
+    # -- cluster risk (issue #7) --
+    # With REDIS_URL, each user's orders are risk-checked one at a time across the cluster
+    # (a Redis lock `<QUEUE_PREFIX>risk:user:<id>`, held from the check until the order is
+    # stored; RISK_LOCK_TTL_SECONDS bounds how long a crashed holder blocks, an order that
+    # waits longer than RISK_LOCK_TIMEOUT_SECONDS is refused with 504 TIMEOUT). One process,
+    # the risk monitor (a lease), judges loss limits, refreshing its books from the
+    # database every RISK_MONITOR_SECONDS.
+    risk_lock_ttl_seconds: float = Field(default=15.0, gt=0)
+    risk_lock_timeout_seconds: float = Field(default=10.0, gt=0)
+    risk_monitor_seconds: float = Field(default=2.0, gt=0)
+    # -- end cluster risk
     # -- events (issue #7) --
     # The event bus carrying order updates and risk state changes to every process's
     # WebSockets: "local" (in-process, embedded mode), "redis" (pub/sub on channels

@@ -122,6 +122,47 @@ class OrderService:
                     )
                 return OrderResult(existing, Outcome(True), created=False)
         order = Order.from_request(new_order_id(), user_id, config_id, request)
+        async with self._risk.guard(user_id):
+            entry_id = await self._accept(
+                user_id,
+                config_id,
+                request,
+                order,
+                priority=priority,
+                ip=ip,
+                strategy_id=strategy_id,
+                intentional=intentional,
+                square_off=square_off,
+            )
+        if isinstance(entry_id, OrderResult):
+            return entry_id  # a client order id race: the first order won
+        self._queue.notify()
+        log.info(
+            "order_accepted",
+            order_id=order.order_id,
+            user_id=user_id,
+            config_id=config_id,
+            symbol=order.symbol,
+        )
+        outcome = await self._queue.wait_processed(entry_id, wait)
+        return OrderResult(await self._after(user_id, order.order_id, outcome), outcome)
+
+    async def _accept(
+        self,
+        user_id: str,
+        config_id: str,
+        request: BrokerOrder,
+        order: Order,
+        *,
+        priority: Priority,
+        ip: str | None,
+        strategy_id: str | None,
+        intentional: bool,
+        square_off: bool,
+    ) -> int | OrderResult:
+        """Risk check, then the order, its event, queue entry and audit row in one
+        transaction; the reservation is given back when that fails. Returns the queue
+        entry id (or the existing order when a client order id race was lost)."""
         await self._risk.check(
             user_id,
             config_id,
@@ -184,16 +225,8 @@ class OrderService:
         finally:
             if not persisted:  # accepted by risk but never stored: give its room back
                 self._risk.release(order.order_id)
-        self._queue.notify()
-        log.info(
-            "order_accepted",
-            order_id=order.order_id,
-            user_id=user_id,
-            config_id=config_id,
-            symbol=order.symbol,
-        )
-        outcome = await self._queue.wait_processed(entry_id, wait)
-        return OrderResult(await self._after(user_id, order.order_id, outcome), outcome)
+        assert entry_id is not None  # stored, so it has its queue entry
+        return entry_id
 
     async def _after(self, user_id: str, order_id: str, outcome: Outcome | None) -> Order:
         """The order once its request was handled: as the worker left it when that worker is
@@ -236,7 +269,7 @@ class OrderService:
         if not changes:
             raise DomainError("nothing to modify", ErrorCode.INVALID_ORDER)
         cid = correlation_id.get()
-        async with self._locks.hold(order_id):
+        async with self._locks.hold(order_id), self._risk.guard(user_id):
             async with self._db() as session, session.begin():
                 row = await self._owned_row(session, user_id, order_id)
                 order = order_from_row(row)

@@ -124,6 +124,17 @@ GLOBAL = Scope("global")
 
 
 @dataclass(frozen=True, slots=True)
+class LoadedPosition:
+    """A stored net position, as ``rebuild_user`` takes it."""
+
+    config_id: str
+    symbol: str
+    exchange: str
+    quantity: int
+    average_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class Breach:
     """A loss limit crossed: the scope moved to ``new_state``. When ``square_off`` the
     integration should close the scope's positions (and cancel its working orders)."""
@@ -191,6 +202,9 @@ class RiskEngine:
         self._next_roll = _MINUS_INFINITY
         self._today: date | None = None
         self._week_start: date | None = None
+        # Off in the processes of a cluster that do not hold the risk monitor: their P&L
+        # figures see only their own fills, so only the monitor judges the loss limits.
+        self.loss_checks = True
         self.add_instruments(instruments)
 
     # -- reference data ------------------------------------------------------------------
@@ -350,6 +364,82 @@ class RiskEngine:
         )
         account.add_order(entry)
         self._orders[order.order_id] = entry
+
+    def rebuild_user(
+        self,
+        user_id: str,
+        *,
+        positions: Iterable[LoadedPosition],
+        open_orders: Iterable[Order],
+        recent_orders: Iterable[Order] = (),
+        charges: Mapping[str, Decimal] | None = None,
+        keep_pnl: bool = True,
+    ) -> None:
+        """Replace everything the engine holds of one user's trading with the given figures
+        (the database's): positions, working orders, the order-rate windows and duplicate
+        fingerprints (from ``recent_orders``: the user's orders created in the last minute,
+        working or not). Limits, trading states and fed funds stay; so does the P&L so far
+        when ``keep_pnl`` (the caller restores it otherwise, with ``load_pnl``).
+
+        Why: in a cluster several processes accept orders for the same user, each with its
+        own engine. Under the user's cluster-wide lock the process rebuilds the user's
+        slice from the database (where every accepted order is stored before the lock is
+        let go) and only then checks; so concurrent orders through different processes
+        cannot jointly breach a limit."""
+        charges = charges or {}
+        old = self._users.get(user_id)
+        accounts = dict(old.accounts) if old is not None else {}
+        pnl = {cid: (a.day_pnl, a.week_pnl) for cid, a in accounts.items()}
+        for order_id in [o for o, e in self._orders.items() if e.user_id == user_id]:
+            del self._orders[order_id]
+        for order_id in [o for o, e in self._finished.items() if e.user_id == user_id]:
+            del self._finished[order_id]
+        for config_id in accounts:
+            for holders in self._holders.values():
+                holders.pop(config_id, None)
+            del self._accounts[config_id]
+        for key in [k for k, holders in self._holders.items() if not holders]:
+            del self._holders[key]
+        if old is not None:
+            del self._users[user_id]
+            user = self._user(user_id)
+            user.limits, user.state, user.reason = old.limits, old.state, old.reason
+            for config_id, previous in accounts.items():
+                account = self._account(user_id, config_id)
+                account.override = previous.override
+                account.limits = previous.limits
+                account.separate_limits = previous.separate_limits
+                account.available_funds = previous.available_funds
+                account.state, account.reason = previous.state, previous.reason
+        for position in positions:
+            self.load_position(
+                user_id,
+                position.config_id,
+                position.symbol,
+                position.exchange,
+                position.quantity,
+                position.average_price,
+            )
+        for order in open_orders:
+            self.load_open_order(order, charges=charges.get(order.order_id, ZERO))
+        user = self._user(user_id)
+        for order in sorted(recent_orders, key=lambda o: o.created_at):
+            stamp = _aware(order.created_at).timestamp()
+            account = self._account(user_id, order.config_id)
+            account.rate.append(stamp)
+            user.rate.append(stamp)
+            if account.limits.duplicate_window_seconds is not None:
+                sign = 1 if order.side is OrderSide.BUY else -1
+                fingerprint: DuplicateKey = (
+                    _key(order.exchange, order.symbol),
+                    sign,
+                    order.quantity,
+                    order.price,
+                )
+                user.remember(fingerprint, stamp, order.order_id)
+        if keep_pnl:
+            for config_id, (day, week) in pnl.items():
+                self.load_pnl(user_id, config_id, day=day, week=week)
 
     # -- the check -----------------------------------------------------------------------
 
@@ -579,6 +669,10 @@ class RiskEngine:
         holders = self._holders.get(key)
         if not holders:
             return []
+        if not self.loss_checks:
+            for book in list(holders.values()):
+                book.account.reprice(book, price)
+            return []
         breaches: list[Breach] = []
         users: dict[str, UserBook] = {}
         for book in list(holders.values()):
@@ -594,6 +688,8 @@ class RiskEngine:
     # -- loss limits ---------------------------------------------------------------------
 
     def _evaluate(self, account: AccountBook, now: datetime) -> list[Breach]:
+        if not self.loss_checks:
+            return []
         breaches: list[Breach] = []
         if account.separate_limits:
             self._check_account_loss(account, now, breaches)
@@ -744,6 +840,13 @@ class RiskEngine:
 
     def open_order(self, order_id: str) -> OpenOrder | None:
         return self._orders.get(order_id)
+
+    def user_ids(self) -> list[str]:
+        return list(self._users)
+
+    def account_ids(self, user_id: str) -> list[str]:
+        user = self._users.get(user_id)
+        return list(user.accounts) if user is not None else []
 
     def open_order_ids(self, config_id: str | None = None) -> list[str]:
         return [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from trading_backend.domain import BrokerOrder, DomainError, ErrorCode, Order
@@ -12,6 +14,13 @@ class RiskRejected(DomainError):
 
 
 class RiskCheck(Protocol):
+    def guard(self, user_id: str) -> AbstractAsyncContextManager[None]:
+        """Held by the order path from the check until the order (or modification) is
+        stored: in a cluster, the user's orders are checked one at a time across every
+        process, each against the database's picture of the user's working orders and
+        positions. A no-op in one process, where the check reserves synchronously."""
+        ...
+
     async def check(
         self,
         user_id: str,
@@ -40,6 +49,9 @@ class RiskCheck(Protocol):
 
 class PassThroughRisk:
     """Accepts every well-formed order (tests of the order path without limits)."""
+
+    def guard(self, user_id: str) -> AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def check(
         self,

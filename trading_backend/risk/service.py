@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass  # -- events (issue #7)
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from prometheus_client import Counter
@@ -54,7 +55,7 @@ from trading_backend.domain import (
 )
 from trading_backend.domain.calendar import IST
 from trading_backend.domain.money import ZERO
-from trading_backend.risk.engine import GLOBAL, Breach, RiskEngine, Scope
+from trading_backend.risk.engine import GLOBAL, Breach, LoadedPosition, RiskEngine, Scope
 from trading_backend.risk.limits import RiskLimits, TradingState, ensure_within_ceiling
 from trading_backend.risk.port import RiskRejected
 from trading_backend.storage.models import (
@@ -138,6 +139,21 @@ def _day_start(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(IST).date(), time(0), IST)
 
 
+def _net_positions(rows: Iterable[PositionRow]) -> list[LoadedPosition]:
+    """Stored positions netted per account and instrument (the engine's view: products
+    together), flat ones left out."""
+    net: dict[tuple[str, str, str], tuple[int, Decimal]] = {}
+    for pos in rows:
+        key = (pos.config_id, pos.exchange, pos.symbol)
+        quantity, cost = net.get(key, (0, ZERO))
+        net[key] = (quantity + pos.quantity, cost + pos.average_price * pos.quantity)
+    return [
+        LoadedPosition(config_id, symbol, exchange, quantity, abs(cost / quantity))
+        for (config_id, exchange, symbol), (quantity, cost) in net.items()
+        if quantity
+    ]
+
+
 def _week_start(now: datetime) -> datetime:
     """Monday 00:00 IST of ``now``'s IST week."""
     start = _day_start(now)
@@ -209,6 +225,15 @@ class RiskService:
         # them on the event bus for the users' WebSockets); called after the commit.
         self.state_listeners: list[Callable[[RiskStateChange], None]] = []
         # -- end events
+        # -- cluster (issue #7): with several processes accepting orders, ``user_lock``
+        # (a cluster-wide lock per user, given by the runtime) serialises each user's checks
+        # and each check first rebuilds the user's books from the database; only the
+        # process holding the risk-monitor lease acts on loss-limit breaches.
+        self.user_lock: Callable[[str], AbstractAsyncContextManager[Any]] | None = None
+        self.acts_on_breaches = True
+        self._local_user_locks: dict[str, asyncio.Lock] = {}
+        self.monitoring = asyncio.Event()  # set while this process is the risk monitor
+        # -- end cluster
 
     def now(self) -> datetime:
         return self._clock()
@@ -347,6 +372,18 @@ class RiskService:
 
     async def _load_limits(self, session: AsyncSession) -> None:
         rows = (await session.scalars(select(RiskLimitRow))).all()
+        self._apply_limits(rows)
+
+    def _apply_limits(
+        self,
+        rows: Iterable[RiskLimitRow],
+        *,
+        user_ids: Iterable[str] = (),
+        config_ids: Iterable[str] = (),
+    ) -> None:
+        """Give the engine the stored limits; the users and accounts named that have no
+        row any more are set back to the defaults (a cluster's refresh of one user)."""
+        missing_users, missing_configs = set(user_ids), set(config_ids)
         by_scope: dict[str, dict[str, RiskLimitRow]] = {}
         for row in rows:
             by_scope.setdefault(row.scope, {})[row.kind] = row
@@ -354,9 +391,15 @@ class RiskService:
             target = Scope.parse(scope)
             user_id = next(iter(kinds.values())).user_id
             if target.kind == "user":
+                missing_users.discard(user_id)
                 self.engine.set_limits(user_id, None, self._user_limits(kinds))
             elif target.kind == "account":
+                missing_configs.discard(cast(str, target.id))
                 self.engine.set_limits(user_id, target.id, self._account_override(kinds))
+        for user_id in missing_users:
+            self.engine.set_limits(user_id, None, self._user_limits({}))
+            for config_id in missing_configs:
+                self.engine.set_limits(user_id, config_id, None)
 
     def _user_limits(self, rows: dict[str, RiskLimitRow]) -> RiskLimits:
         """A user's limits: the ceiling (the defaults where the administrator set none)
@@ -477,6 +520,223 @@ class RiskService:
 
     def release(self, order_id: str) -> None:
         self.engine.release(order_id)
+
+    # -- cluster (issue #7) ----------------------------------------------------------------
+    def guard(self, user_id: str) -> AbstractAsyncContextManager[None]:
+        """See ``RiskCheck.guard``: with a ``user_lock`` (a cluster), the user's lock
+        across processes, then the user's books rebuilt from the database."""
+        if self.user_lock is None:
+            return contextlib.nullcontext()
+        return self._guarded(user_id)
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, user_id: str) -> AsyncIterator[None]:
+        assert self.user_lock is not None
+        # Queue this process's own orders of the user here (cheap) rather than at the
+        # cluster lock, which is polled.
+        local = self._local_user_locks.get(user_id)
+        if local is None:
+            local = self._local_user_locks[user_id] = asyncio.Lock()
+        async with local, self.user_lock(user_id):
+            await self.sync_user(user_id)
+            yield
+
+    @property
+    def acts_on_breaches(self) -> bool:
+        """Whether this process judges the loss limits and acts on breaches (always, but
+        in a cluster only the risk monitor's lease holder)."""
+        return self.engine.loss_checks
+
+    @acts_on_breaches.setter
+    def acts_on_breaches(self, value: bool) -> None:
+        self.engine.loss_checks = value
+
+    async def sync_user(self, user_id: str) -> None:
+        """Rebuild the engine's picture of one user from the database: trading states
+        (the global one, the user's, the user's accounts'), limits, working orders,
+        positions, and the orders of the rate and duplicate windows. Every accepted order
+        is stored before the user's lock passes on, so this is the whole truth."""
+        now = self.now()
+        async with self._db() as session:
+            configs = list(
+                (
+                    await session.scalars(
+                        select(BrokerConfig.id).where(BrokerConfig.user_id == user_id)
+                    )
+                ).all()
+            )
+            scopes = [str(GLOBAL), str(Scope.for_user(user_id))]
+            scopes += [str(Scope.for_account(config_id)) for config_id in configs]
+            states = {
+                row.scope: row
+                for row in (
+                    await session.scalars(
+                        select(RiskStateRow).where(RiskStateRow.scope.in_(scopes))
+                    )
+                ).all()
+            }
+            limit_rows = (
+                await session.scalars(select(RiskLimitRow).where(RiskLimitRow.user_id == user_id))
+            ).all()
+            position_rows = (
+                await session.scalars(
+                    select(PositionRow).where(
+                        PositionRow.user_id == user_id, PositionRow.quantity != 0
+                    )
+                )
+            ).all()
+            open_orders = [
+                order_from_row(row)
+                for row in (
+                    await session.scalars(
+                        select(OrderRow)
+                        .where(OrderRow.user_id == user_id, OrderRow.status.in_(_OPEN))
+                        .order_by(OrderRow.created_at, OrderRow.id)
+                    )
+                ).all()
+            ]
+            window = max(
+                [1.0]
+                + [
+                    self.engine.limits(user_id, c).duplicate_window_seconds or 0.0
+                    for c in [None, *configs]
+                ]
+            )
+            recent = [
+                order_from_row(row)
+                for row in (
+                    await session.scalars(
+                        select(OrderRow).where(
+                            OrderRow.user_id == user_id,
+                            OrderRow.created_at >= now - timedelta(seconds=window),
+                        )
+                    )
+                ).all()
+            ]
+            charges = await self._order_charges(session, [o.order_id for o in open_orders])
+        for scope in scopes:
+            stored = states.get(scope)
+            if stored is None:
+                self.engine.set_state(scope, TradingState.ACTIVE, "")
+            else:
+                self.engine.set_state(scope, stored.state, stored.reason or "")
+        self._apply_limits(limit_rows, user_ids=[user_id], config_ids=configs)
+        self.engine.rebuild_user(
+            user_id,
+            positions=_net_positions(position_rows),
+            open_orders=open_orders,
+            recent_orders=recent,
+            charges=charges,
+        )
+        for order in open_orders:
+            if order.filled_quantity:
+                self._charged[order.order_id] = order.filled_quantity
+        for pos in position_rows:
+            await self._watch(pos.symbol, Exchange(pos.exchange))
+
+    @staticmethod
+    async def _order_charges(session: AsyncSession, order_ids: list[str]) -> dict[str, Decimal]:
+        """The charges so far of each of these orders (the sum of their trades')."""
+        charges: dict[str, Decimal] = {}
+        for start in range(0, len(order_ids), 500):
+            chunk = order_ids[start : start + 500]
+            for order_id, charge in (
+                await session.execute(
+                    select(TradeRow.order_id, TradeRow.charges).where(TradeRow.order_id.in_(chunk))
+                )
+            ).all():
+                charges[order_id] = charges.get(order_id, ZERO) + charge
+        return charges
+
+    async def resync_all(self) -> list[Breach]:
+        """The risk monitor's refresh (a cluster): every user's books, trading states,
+        limits and P&L so far rebuilt from the database, as at start-up, then the loss
+        limits judged at the last prices. Returns the breaches found (not yet acted on)."""
+        now = self.now()
+        async with self._db() as session:
+            await self._load_limits(session)
+            state_rows = (await session.scalars(select(RiskStateRow))).all()
+            position_rows = (
+                await session.scalars(select(PositionRow).where(PositionRow.quantity != 0))
+            ).all()
+            open_orders = [
+                order_from_row(row)
+                for row in (
+                    await session.scalars(
+                        select(OrderRow)
+                        .where(OrderRow.status.in_(_OPEN))
+                        .order_by(OrderRow.created_at, OrderRow.id)
+                    )
+                ).all()
+            ]
+            charges = await self._order_charges(session, [o.order_id for o in open_orders])
+            trades = (
+                await session.scalars(
+                    select(TradeRow).where(TradeRow.executed_at >= _week_start(now))
+                )
+            ).all()
+        for state_row in state_rows:
+            self.engine.set_state(state_row.scope, state_row.state, state_row.reason or "")
+        by_user_positions: dict[str, list[PositionRow]] = {}
+        for row in position_rows:
+            by_user_positions.setdefault(row.user_id, []).append(row)
+        by_user_orders: dict[str, list[Order]] = {}
+        for order in open_orders:
+            by_user_orders.setdefault(order.user_id, []).append(order)
+        users = set(self.engine.user_ids()) | set(by_user_positions) | set(by_user_orders)
+        users |= {trade.user_id for trade in trades}
+        for user_id in users:
+            self.engine.rebuild_user(
+                user_id,
+                positions=_net_positions(by_user_positions.get(user_id, [])),
+                open_orders=by_user_orders.get(user_id, []),
+                charges=charges,
+                keep_pnl=False,
+            )
+            for config_id in self.engine.account_ids(user_id):
+                self.engine.load_pnl(user_id, config_id, day=ZERO, week=ZERO)
+        net: dict[tuple[str, str, str, str], tuple[int, Decimal]] = {}
+        for pos in position_rows:
+            key = (pos.user_id, pos.config_id, pos.exchange, pos.symbol)
+            quantity, cost = net.get(key, (0, ZERO))
+            net[key] = (quantity + pos.quantity, cost + pos.average_price * pos.quantity)
+        self._restore_pnl(net, trades, now)
+        for order in open_orders:
+            if order.filled_quantity:
+                self._charged[order.order_id] = order.filled_quantity
+        breaches: list[Breach] = []
+        for exchange, symbol in {(p.exchange, p.symbol) for p in position_rows}:
+            await self._watch(symbol, Exchange(exchange))
+            last = self._last(symbol, exchange)
+            if last is not None:
+                breaches += self.engine.on_price(symbol, exchange, last, now)
+        return breaches
+
+    async def monitor_round(self) -> None:
+        """One refresh of the risk monitor, acting on the breaches it finds."""
+        breaches = await self.resync_all()
+        if breaches:
+            await self._handle_breaches(breaches)
+
+    async def run_monitor(self, every: float) -> None:
+        """The cluster's risk monitor (run by the holder of its lease, one process): judge
+        the loss limits and act on breaches, refreshing the books from the database every
+        ``every`` seconds (fills made by other processes' workers reach the P&L that way;
+        prices in between come from the market as they tick)."""
+        self.acts_on_breaches = True
+        self.monitoring.set()
+        try:
+            while True:
+                try:
+                    await self.monitor_round()
+                except Exception:  # the next round tries again
+                    log.exception("risk_monitor_refresh_failed")
+                await asyncio.sleep(every)  # a period, not a synchronisation
+        finally:
+            self.acts_on_breaches = False
+            self.monitoring.clear()
+
+    # -- end cluster
 
     async def check_modify(self, current: Order, modified: Order) -> None:
         """A modification passes every rule as if its new terms (the unfilled part) were
