@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import select
+from sqlalchemy import literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from trading_backend.domain import (
@@ -139,19 +139,40 @@ def _day_start(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(IST).date(), time(0), IST)
 
 
-def _net_positions(rows: Iterable[PositionRow]) -> list[LoadedPosition]:
-    """Stored positions netted per account and instrument (the engine's view: products
-    together), flat ones left out."""
-    net: dict[tuple[str, str, str], tuple[int, Decimal]] = {}
+def _as_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC one (SQLite gives naive UTC back)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _net_by_user(
+    rows: Iterable[PositionRow],
+) -> dict[tuple[str, str, str, str], tuple[int, Decimal]]:
+    """(user, account, exchange, symbol) -> (net quantity, cost): stored positions netted
+    across products, as the engine sees them."""
+    net: dict[tuple[str, str, str, str], tuple[int, Decimal]] = {}
     for pos in rows:
-        key = (pos.config_id, pos.exchange, pos.symbol)
+        key = (pos.user_id, pos.config_id, pos.exchange, pos.symbol)
         quantity, cost = net.get(key, (0, ZERO))
         net[key] = (quantity + pos.quantity, cost + pos.average_price * pos.quantity)
+    return net
+
+
+def _net_positions(rows: Iterable[PositionRow]) -> list[LoadedPosition]:
+    """Stored positions netted per account and instrument, flat ones left out."""
     return [
         LoadedPosition(config_id, symbol, exchange, quantity, abs(cost / quantity))
-        for (config_id, exchange, symbol), (quantity, cost) in net.items()
+        for (_user, config_id, exchange, symbol), (quantity, cost) in _net_by_user(rows).items()
         if quantity
     ]
+
+
+async def _working_orders(session: AsyncSession, user_id: str | None = None) -> list[Order]:
+    """The working orders (of one user, or everyone's), oldest first."""
+    query = select(OrderRow).where(OrderRow.status.in_(_OPEN))
+    if user_id is not None:
+        query = query.where(OrderRow.user_id == user_id)
+    rows = (await session.scalars(query.order_by(OrderRow.created_at, OrderRow.id))).all()
+    return [order_from_row(row) for row in rows]
 
 
 def _week_start(now: datetime) -> datetime:
@@ -257,34 +278,12 @@ class RiskService:
             await self._load_limits(session)
             for state_row in (await session.scalars(select(RiskStateRow))).all():
                 self.engine.set_state(state_row.scope, state_row.state, state_row.reason or "")
-            net: dict[tuple[str, str, str, str], tuple[int, Decimal]] = {}
-            for pos in (
-                await session.scalars(select(PositionRow).where(PositionRow.quantity != 0))
-            ).all():
-                key = (pos.user_id, pos.config_id, pos.exchange, pos.symbol)
-                quantity, cost = net.get(key, (0, ZERO))
-                net[key] = (quantity + pos.quantity, cost + pos.average_price * pos.quantity)
-            open_orders = [
-                order_from_row(row)
-                for row in (
-                    await session.scalars(
-                        select(OrderRow)
-                        .where(OrderRow.status.in_(_OPEN))
-                        .order_by(OrderRow.created_at, OrderRow.id)
-                    )
-                ).all()
-            ]
+            net = _net_by_user(
+                (await session.scalars(select(PositionRow).where(PositionRow.quantity != 0))).all()
+            )
+            open_orders = await _working_orders(session)
             # The charges of working orders so far (the engine counts later ones as deltas).
-            order_charges: dict[str, Decimal] = {}
-            if open_orders:
-                for order_id, charge in (
-                    await session.execute(
-                        select(TradeRow.order_id, TradeRow.charges).where(
-                            TradeRow.order_id.in_([o.order_id for o in open_orders])
-                        )
-                    )
-                ).all():
-                    order_charges[order_id] = order_charges.get(order_id, ZERO) + charge
+            order_charges = await self._order_charges(session, [o.order_id for o in open_orders])
             week_start = _week_start(now)
             trades = (
                 await session.scalars(select(TradeRow).where(TradeRow.executed_at >= week_start))
@@ -557,24 +556,31 @@ class RiskService:
         positions, and the orders of the rate and duplicate windows. Every accepted order
         is stored before the user's lock passes on, so this is the whole truth."""
         now = self.now()
+        known = self.engine.account_ids(user_id)
+        window = max(
+            [1.0]
+            + [
+                self.engine.limits(user_id, c).duplicate_window_seconds or 0.0
+                for c in [None, *known]
+            ]
+        )
+        cutoff = now - timedelta(seconds=window)
+        # Four small indexed queries: states, limits, positions, orders (working or recent).
         async with self._db() as session:
-            configs = list(
-                (
-                    await session.scalars(
-                        select(BrokerConfig.id).where(BrokerConfig.user_id == user_id)
-                    )
-                ).all()
+            account_scopes = select(literal("account:") + BrokerConfig.id).where(
+                BrokerConfig.user_id == user_id
             )
-            scopes = [str(GLOBAL), str(Scope.for_user(user_id))]
-            scopes += [str(Scope.for_account(config_id)) for config_id in configs]
-            states = {
-                row.scope: row
-                for row in (
-                    await session.scalars(
-                        select(RiskStateRow).where(RiskStateRow.scope.in_(scopes))
+            user_scopes = [str(GLOBAL), str(Scope.for_user(user_id))]
+            states = (
+                await session.scalars(
+                    select(RiskStateRow).where(
+                        or_(
+                            RiskStateRow.scope.in_(user_scopes),
+                            RiskStateRow.scope.in_(account_scopes),
+                        )
                     )
-                ).all()
-            }
+                )
+            ).all()
             limit_rows = (
                 await session.scalars(select(RiskLimitRow).where(RiskLimitRow.user_id == user_id))
             ).all()
@@ -585,42 +591,30 @@ class RiskService:
                     )
                 )
             ).all()
-            open_orders = [
+            orders = [
                 order_from_row(row)
                 for row in (
                     await session.scalars(
                         select(OrderRow)
-                        .where(OrderRow.user_id == user_id, OrderRow.status.in_(_OPEN))
+                        .where(
+                            OrderRow.user_id == user_id,
+                            or_(OrderRow.status.in_(_OPEN), OrderRow.created_at >= cutoff),
+                        )
                         .order_by(OrderRow.created_at, OrderRow.id)
                     )
                 ).all()
             ]
-            window = max(
-                [1.0]
-                + [
-                    self.engine.limits(user_id, c).duplicate_window_seconds or 0.0
-                    for c in [None, *configs]
-                ]
+            open_orders = [o for o in orders if not o.status.is_final]
+            charges = await self._order_charges(
+                session, [o.order_id for o in open_orders if o.filled_quantity]
             )
-            recent = [
-                order_from_row(row)
-                for row in (
-                    await session.scalars(
-                        select(OrderRow).where(
-                            OrderRow.user_id == user_id,
-                            OrderRow.created_at >= now - timedelta(seconds=window),
-                        )
-                    )
-                ).all()
-            ]
-            charges = await self._order_charges(session, [o.order_id for o in open_orders])
-        for scope in scopes:
-            stored = states.get(scope)
-            if stored is None:
-                self.engine.set_state(scope, TradingState.ACTIVE, "")
-            else:
-                self.engine.set_state(scope, stored.state, stored.reason or "")
-        self._apply_limits(limit_rows, user_ids=[user_id], config_ids=configs)
+        recent = [o for o in orders if _as_utc(o.created_at) >= cutoff]
+        # Scopes without a row are ACTIVE (a state is stored as a row, reset included).
+        for scope in [*user_scopes, *(str(Scope.for_account(c)) for c in known)]:
+            self.engine.set_state(scope, TradingState.ACTIVE, "")
+        for stored in states:
+            self.engine.set_state(stored.scope, stored.state, stored.reason or "")
+        self._apply_limits(limit_rows, user_ids=[user_id], config_ids=known)
         self.engine.rebuild_user(
             user_id,
             positions=_net_positions(position_rows),
@@ -659,16 +653,7 @@ class RiskService:
             position_rows = (
                 await session.scalars(select(PositionRow).where(PositionRow.quantity != 0))
             ).all()
-            open_orders = [
-                order_from_row(row)
-                for row in (
-                    await session.scalars(
-                        select(OrderRow)
-                        .where(OrderRow.status.in_(_OPEN))
-                        .order_by(OrderRow.created_at, OrderRow.id)
-                    )
-                ).all()
-            ]
+            open_orders = await _working_orders(session)
             charges = await self._order_charges(session, [o.order_id for o in open_orders])
             trades = (
                 await session.scalars(
@@ -695,12 +680,7 @@ class RiskService:
             )
             for config_id in self.engine.account_ids(user_id):
                 self.engine.load_pnl(user_id, config_id, day=ZERO, week=ZERO)
-        net: dict[tuple[str, str, str, str], tuple[int, Decimal]] = {}
-        for pos in position_rows:
-            key = (pos.user_id, pos.config_id, pos.exchange, pos.symbol)
-            quantity, cost = net.get(key, (0, ZERO))
-            net[key] = (quantity + pos.quantity, cost + pos.average_price * pos.quantity)
-        self._restore_pnl(net, trades, now)
+        self._restore_pnl(_net_by_user(position_rows), trades, now)
         for order in open_orders:
             if order.filled_quantity:
                 self._charged[order.order_id] = order.filled_quantity
