@@ -31,14 +31,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass  # -- events (issue #7)
+from dataclasses import dataclass, field  # -- events (issue #7)
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import literal, or_, select
+from sqlalchemy import case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from trading_backend.domain import (
@@ -137,6 +137,93 @@ def _stored(limits: RiskLimits, given: Iterable[str]) -> dict[str, Any]:
 def _day_start(now: datetime) -> datetime:
     """00:00 IST of ``now``'s IST day (the loss limits' day)."""
     return datetime.combine(now.astimezone(IST).date(), time(0), IST)
+
+
+@dataclass(slots=True)
+class _PeriodFlows:
+    """The trades of this week, summed: per (user, account, exchange, symbol) the quantity
+    bought minus sold today and this week; per (user, account) the cash flow and charges
+    today and this week; the last trade price per instrument."""
+
+    moved: dict[tuple[str, str, str, str], tuple[int, int]] = field(default_factory=dict)
+    cash: dict[tuple[str, str], list[Decimal]] = field(default_factory=dict)
+    last_price: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+
+
+async def _period_flows(session: AsyncSession, now: datetime) -> _PeriodFlows:
+    """Sum the week's trades: in the database on PostgreSQL (the risk monitor does this
+    every few seconds, so it must not read every trade of the week), row by row on SQLite
+    (whose money is text, so its sums would be floats)."""
+    day_start, week_start = _day_start(now), _week_start(now)
+    flows = _PeriodFlows()
+    if session.get_bind().dialect.name == "postgresql":
+        sign = case((TradeRow.side == OrderSide.BUY.value, 1), else_=-1)
+        today = TradeRow.executed_at >= day_start
+        moved = sign * TradeRow.quantity
+        cash = -sign * TradeRow.price * TradeRow.quantity
+        rows = await session.execute(
+            select(
+                TradeRow.user_id,
+                TradeRow.config_id,
+                TradeRow.exchange,
+                TradeRow.symbol,
+                func.sum(case((today, moved), else_=0)),
+                func.sum(moved),
+                func.sum(case((today, cash), else_=0)),
+                func.sum(cash),
+                func.sum(case((today, TradeRow.charges), else_=0)),
+                func.sum(TradeRow.charges),
+            )
+            .where(TradeRow.executed_at >= week_start)
+            .group_by(TradeRow.user_id, TradeRow.config_id, TradeRow.exchange, TradeRow.symbol)
+        )
+        for user, config, exchange, symbol, q_day, q_week, *money in rows.all():
+            flows.moved[(user, config, exchange, symbol)] = (int(q_day), int(q_week))
+            total = flows.cash.setdefault((user, config), [ZERO] * 4)
+            for i, amount in enumerate(money):
+                total[i] += Decimal(amount or 0)
+        newest = (
+            select(func.max(TradeRow.id))
+            .where(TradeRow.executed_at >= week_start)
+            .group_by(TradeRow.exchange, TradeRow.symbol)
+        )
+        last = await session.execute(
+            select(TradeRow.exchange, TradeRow.symbol, TradeRow.price).where(
+                TradeRow.id.in_(newest)
+            )
+        )
+        flows.last_price = {(e, s): p for e, s, p in last.all()}
+        return flows
+    trades = await session.execute(
+        select(
+            TradeRow.user_id,
+            TradeRow.config_id,
+            TradeRow.exchange,
+            TradeRow.symbol,
+            TradeRow.side,
+            TradeRow.quantity,
+            TradeRow.price,
+            TradeRow.charges,
+            TradeRow.executed_at,
+        )
+        .where(TradeRow.executed_at >= week_start)
+        .order_by(TradeRow.executed_at, TradeRow.id)
+    )
+    for user, config, exchange, symbol, side, quantity, price, charges, at in trades.all():
+        signed = quantity if side == OrderSide.BUY.value else -quantity
+        key = (user, config, exchange, symbol)
+        q_day, q_week = flows.moved.get(key, (0, 0))
+        sums = flows.cash.setdefault((user, config), [ZERO] * 4)
+        on_day = at >= day_start
+        paid = -signed * price
+        flows.moved[key] = (q_day + signed if on_day else q_day, q_week + signed)
+        sums[1] += paid
+        sums[3] += charges
+        if on_day:
+            sums[0] += paid
+            sums[2] += charges
+        flows.last_price[(exchange, symbol)] = price
+    return flows
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -284,10 +371,7 @@ class RiskService:
             open_orders = await _working_orders(session)
             # The charges of working orders so far (the engine counts later ones as deltas).
             order_charges = await self._order_charges(session, [o.order_id for o in open_orders])
-            week_start = _week_start(now)
-            trades = (
-                await session.scalars(select(TradeRow).where(TradeRow.executed_at >= week_start))
-            ).all()
+            flows = await _period_flows(session, now)
         for (user_id, config_id, exchange, symbol), (quantity, cost) in net.items():
             if quantity == 0:
                 continue
@@ -305,53 +389,31 @@ class RiskService:
             self.engine.load_open_order(order, charges=order_charges.get(order.order_id, ZERO))
             if order.filled_quantity:
                 self._charged[order.order_id] = order.filled_quantity
-        self._restore_pnl(net, trades, now)
+        self._restore_pnl(net, flows)
         self.started = True
 
     def _restore_pnl(
         self,
         net: dict[tuple[str, str, str, str], tuple[int, Decimal]],
-        trades: Iterable[TradeRow],
-        now: datetime,
+        flows: _PeriodFlows,
     ) -> None:
         """Give the engine each account's P&L so far today and this week, so a restart does
         not reset the loss limits: the cash flow of the period's trades, minus their
         charges, plus the positions at the last price, minus the positions held at the
         period's start valued at the previous close (the day's reference price)."""
-        day_start = _day_start(now)
-        # (user, config, exchange, symbol) -> [quantity today, this week]
-        moved: dict[tuple[str, str, str, str], list[int]] = {}
-        # (user, config) -> [cash today, this week, charges today, this week]
-        flows: dict[tuple[str, str], list[Decimal]] = {}
-        last_trade: dict[tuple[str, str], Decimal] = {}
-        for trade in trades:
-            sign = 1 if trade.side == OrderSide.BUY.value else -1
-            key = (trade.user_id, trade.config_id, trade.exchange, trade.symbol)
-            quantities = moved.setdefault(key, [0, 0])
-            flow = flows.setdefault((trade.user_id, trade.config_id), [ZERO] * 4)
-            today = trade.executed_at >= day_start
-            cash = -sign * trade.price * trade.quantity
-            quantities[1] += sign * trade.quantity
-            flow[1] += cash
-            flow[3] += trade.charges
-            if today:
-                quantities[0] += sign * trade.quantity
-                flow[0] += cash
-                flow[2] += trade.charges
-            last_trade[(trade.exchange, trade.symbol)] = trade.price
         held: dict[tuple[str, str], list[tuple[str, str]]] = {}  # account -> instruments
-        for user_id, config_id, exchange, symbol in net.keys() | moved.keys():
+        for user_id, config_id, exchange, symbol in net.keys() | flows.moved.keys():
             held.setdefault((user_id, config_id), []).append((exchange, symbol))
         for (user_id, config_id), instruments in held.items():
-            cash_day, cash_week, charges_day, charges_week = flows.get(
+            cash_day, cash_week, charges_day, charges_week = flows.cash.get(
                 (user_id, config_id), [ZERO] * 4
             )
             day, week = cash_day - charges_day, cash_week - charges_week
             for exchange, symbol in instruments:
                 key = (user_id, config_id, exchange, symbol)
                 now_quantity = net.get(key, (0, ZERO))[0]
-                moved_today, moved_week = moved.get(key, (0, 0))
-                last = self._last(symbol, exchange) or last_trade.get((exchange, symbol))
+                moved_today, moved_week = flows.moved.get(key, (0, 0))
+                last = self._last(symbol, exchange) or flows.last_price.get((exchange, symbol))
                 reference = self._reference(symbol, exchange) or last
                 if last is None or reference is None:
                     continue  # an instrument the market no longer lists: no price to use
@@ -655,11 +717,7 @@ class RiskService:
             ).all()
             open_orders = await _working_orders(session)
             charges = await self._order_charges(session, [o.order_id for o in open_orders])
-            trades = (
-                await session.scalars(
-                    select(TradeRow).where(TradeRow.executed_at >= _week_start(now))
-                )
-            ).all()
+            flows = await _period_flows(session, now)
         for state_row in state_rows:
             self.engine.set_state(state_row.scope, state_row.state, state_row.reason or "")
         by_user_positions: dict[str, list[PositionRow]] = {}
@@ -669,7 +727,7 @@ class RiskService:
         for order in open_orders:
             by_user_orders.setdefault(order.user_id, []).append(order)
         users = set(self.engine.user_ids()) | set(by_user_positions) | set(by_user_orders)
-        users |= {trade.user_id for trade in trades}
+        users |= {user_id for user_id, _config in flows.cash}
         for user_id in users:
             self.engine.rebuild_user(
                 user_id,
@@ -680,7 +738,7 @@ class RiskService:
             )
             for config_id in self.engine.account_ids(user_id):
                 self.engine.load_pnl(user_id, config_id, day=ZERO, week=ZERO)
-        self._restore_pnl(_net_by_user(position_rows), trades, now)
+        self._restore_pnl(_net_by_user(position_rows), flows)
         for order in open_orders:
             if order.filled_quantity:
                 self._charged[order.order_id] = order.filled_quantity
