@@ -4,7 +4,10 @@
 #   docker run IMAGE                       -> serve --host 0.0.0.0 (the API)
 #   docker run IMAGE worker                -> an order worker
 #   docker run IMAGE strategies run        -> the strategy runner
+#   docker run IMAGE marketdata run        -> the live market-data feed (live source only)
 #   docker run IMAGE db upgrade            -> migrations (run once before the others)
+# The roles other than serve have no API; with METRICS_PORT set (docker-compose.yml: 9100)
+# they serve Prometheus metrics on it, unauthenticated: never publish that port.
 # Configuration and secrets come from the environment at run time (docker-compose.yml reads
 # them from .env); nothing secret is baked into the image. See docs/deployment.md.
 
@@ -45,8 +48,8 @@ USER 10001:10001
 EXPOSE 8000
 # The API answers /health with 200 (database and queue reachable) or 503. Slim images have
 # no curl, so Python probes it. The Host header is "localhost": keep localhost in
-# ALLOWED_HOSTS when you restrict it. Non-API roles (worker, strategies) have no HTTP
-# server: docker-compose.yml disables this check for them.
+# ALLOWED_HOSTS when you restrict it. Non-API roles (worker, strategies, marketdata) have
+# no /health (at most a metrics port): docker-compose.yml disables this check for them.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), headers={'Host': 'localhost'}), timeout=4)"]
 ENTRYPOINT ["trading-backend"]

@@ -1,6 +1,8 @@
 // PM2 process file for trading-backend on one machine, matching the seed: the trading API
 // (2 instances), the trading engine (order workers, 4 instances) and the strategy monitor
-// (the strategy runner, exactly 1). docs/deployment.md explains it; in short:
+// (the strategy runner, exactly 1); plus market-data (the live market feed, 1), which runs
+// only with a live MARKET_DATA_SOURCE (in paper mode it exits with code 2 and PM2 leaves it
+// stopped). docs/deployment.md explains it; in short:
 //
 //   python3.11 -m venv .venv && .venv/bin/pip install .   # the package, without dev extras
 //   .venv/bin/trading-backend db upgrade     # migrate once, before the processes start
@@ -18,8 +20,14 @@
 // API_BASE_PORT + 1, and so on, and a load balancer (nginx upstream, HAProxy) in front
 // spreads requests over them.
 //
+// The roles without an API serve Prometheus metrics (plain HTTP, no authentication) on
+// METRICS_HOST, each instance on its own port: trading-engine METRICS_BASE_PORT + 0, 1, ...
+// (increment_var), strategy-monitor METRICS_BASE_PORT + 100, market-data
+// METRICS_BASE_PORT + 200, + 201, ...; with the defaults 9100-9103, 9200 and 9300.
+//
 // Counts and paths can be changed without editing this file:
-//   API_INSTANCES (2), WORKER_INSTANCES (4), API_BASE_PORT (8000), API_HOST (127.0.0.1),
+//   API_INSTANCES (2), WORKER_INSTANCES (4), MARKETDATA_INSTANCES (1), API_BASE_PORT (8000),
+//   API_HOST (127.0.0.1), METRICS_BASE_PORT (9100), METRICS_HOST (127.0.0.1),
 //   TRADING_BACKEND_BIN (.venv/bin/trading-backend), TRADING_BACKEND_LOG_DIR (./logs).
 
 "use strict";
@@ -42,8 +50,22 @@ const BIN = process.env.TRADING_BACKEND_BIN || path.join(ROOT, ".venv", "bin", "
 const LOG_DIR = process.env.TRADING_BACKEND_LOG_DIR || path.join(ROOT, "logs");
 const API_INSTANCES = count("API_INSTANCES", 2);
 const WORKER_INSTANCES = count("WORKER_INSTANCES", 4);
+const MARKETDATA_INSTANCES = count("MARKETDATA_INSTANCES", 1);
 const API_BASE_PORT = count("API_BASE_PORT", 8000);
 const API_HOST = process.env.API_HOST || "127.0.0.1";
+const METRICS_BASE_PORT = count("METRICS_BASE_PORT", 9100);
+const METRICS_HOST = process.env.METRICS_HOST || "127.0.0.1";
+if (METRICS_BASE_PORT + 200 + MARKETDATA_INSTANCES - 1 > 65535) {
+  throw new Error(`METRICS_BASE_PORT ${METRICS_BASE_PORT} leaves no room for the metrics ports`);
+}
+if (WORKER_INSTANCES > 100) {
+  throw new Error("WORKER_INSTANCES above 100 would reuse the strategy monitor's metrics port");
+}
+
+// A role's metrics endpoint: the first instance's port (increment_var gives the next ones).
+function metrics(offset) {
+  return { METRICS_HOST, METRICS_PORT: METRICS_BASE_PORT + offset };
+}
 
 // Create the log directory up front so that a first start never trips over its absence.
 fs.mkdirSync(LOG_DIR, { recursive: true });
@@ -105,8 +127,9 @@ module.exports = {
       name: "trading-engine",
       args: ["worker"],
       instances: WORKER_INSTANCES,
-      env: { ...development },
-      env_production: { ...production },
+      increment_var: "METRICS_PORT",
+      env: { ...development, ...metrics(0) },
+      env_production: { ...production, ...metrics(0) },
     },
     {
       ...common,
@@ -114,8 +137,24 @@ module.exports = {
       name: "strategy-monitor",
       args: ["strategies", "run"],
       instances: 1,
-      env: { ...development },
-      env_production: { ...production },
+      env: { ...development, ...metrics(100) },
+      env_production: { ...production, ...metrics(100) },
+    },
+    {
+      // The live market feed for every process (a Redis lease: one instance holds it, any
+      // others stand by). Set EMBEDDED_MARKET_FEED=false in .env with it, so the other
+      // roles leave the feed to it. Exit code 2 means "nothing to do here" (paper mode,
+      // no MARKET_DATA_CONFIG_ID, no Redis) or a configuration error (e.g. a metrics port
+      // in use): restarting would not help, so PM2 leaves it stopped.
+      ...common,
+      ...logs("market-data"),
+      name: "market-data",
+      args: ["marketdata", "run"],
+      instances: MARKETDATA_INSTANCES,
+      increment_var: "METRICS_PORT",
+      stop_exit_codes: [2],
+      env: { ...development, ...metrics(200) },
+      env_production: { ...production, ...metrics(200) },
     },
   ],
 };

@@ -33,8 +33,10 @@ from trading_backend.cli import app as cli_app
 from trading_backend.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-APP_SERVICES = {"migrate", "api", "worker", "strategies"}
-LONG_RUNNING = {"api", "worker", "strategies"}
+APP_SERVICES = {"migrate", "api", "worker", "strategies", "marketdata"}
+LONG_RUNNING = {"api", "worker", "strategies", "marketdata"}
+# The roles without an API: each serves Prometheus metrics on a port of its own (issue #7).
+METRICS_SERVICES = {"worker", "strategies", "marketdata"}
 # Names that carry secrets: they may only ever come from .env, never be written in a file.
 SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|PASS|TOKEN|TOTP|CREDENTIAL)", re.IGNORECASE)
 COMPOSE_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -254,10 +256,42 @@ def test_compose_commands_are_real_cli_commands(services: dict[str, dict[str, An
         "api": ["serve", "--host", "0.0.0.0"],
         "worker": ["worker"],
         "strategies": ["strategies", "run"],
+        "marketdata": ["marketdata", "run"],
     }
     for name, argv in expected.items():
         assert services[name]["command"] == argv, name
         assert_real_command(argv)
+
+
+def test_compose_marketdata_runs_only_with_its_profile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """In paper mode `marketdata run` exits at once (code 2) and `restart: unless-stopped`
+    would loop it: it starts only with `--profile live-market`, as a holder and a standby;
+    every other service starts without a profile."""
+    marketdata = services["marketdata"]
+    assert marketdata["profiles"] == ["live-market"]
+    assert marketdata["deploy"]["replicas"] == 2
+    assert all("profiles" not in services[name] for name in set(services) - {"marketdata"})
+
+
+def test_compose_roles_without_an_api_serve_metrics_privately(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in METRICS_SERVICES:
+        service = services[name]
+        env = service["environment"]
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, interpolate(str(value), {"POSTGRES_PASSWORD": "pw"}))
+            settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        # Reachable on the Compose network (the container's own address), never published.
+        assert settings.metrics_port == 9100 and settings.metrics_host == "0.0.0.0", name
+        assert "ports" not in service, name
+        assert [str(p) for p in service["expose"]] == ["9100"], name
+    # The API has GET /metrics behind an admin key instead; migrations serve nothing.
+    for name in ("api", "migrate"):
+        assert "METRICS_PORT" not in services[name]["environment"], name
 
 
 def test_compose_app_environment(
@@ -331,7 +365,7 @@ def test_compose_health_checks_and_start_order(services: dict[str, dict[str, Any
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     # The API keeps the image's /health check; the roles without an HTTP server drop it.
     assert "healthcheck" not in services["api"]
-    for name in ("worker", "strategies", "migrate"):
+    for name in ("worker", "strategies", "marketdata", "migrate"):
         assert services[name]["healthcheck"] == {"disable": True}, name
 
 
@@ -339,6 +373,7 @@ def test_compose_scaling_restarts_and_shutdown(services: dict[str, dict[str, Any
     assert services["api"]["deploy"]["replicas"] == 2
     assert services["worker"]["deploy"]["replicas"] == 3
     assert services["strategies"]["deploy"]["replicas"] == 1
+    assert services["marketdata"]["deploy"]["replicas"] == 2  # a holder and a hot standby
     # Each API replica publishes container port 8000 on one port of a host range.
     (mapping,) = services["api"]["ports"]
     host, _, container = interpolate(mapping, {}).rpartition(":")
@@ -480,14 +515,16 @@ def test_dockerfile_health_check_probes_health(
 def test_ecosystem_apps_match_the_seed(ecosystem: tuple[dict[str, Any], Path]) -> None:
     config, _ = ecosystem
     apps = {app["name"]: app for app in config["apps"]}
-    assert set(apps) == {"trading-api", "trading-engine", "strategy-monitor"}
+    assert set(apps) == {"trading-api", "trading-engine", "strategy-monitor", "market-data"}
     assert apps["trading-api"]["instances"] == 2
     assert apps["trading-engine"]["instances"] == 4
     assert apps["strategy-monitor"]["instances"] == 1
+    assert apps["market-data"]["instances"] == 1
     expected_args = {
         "trading-api": ["serve"],
         "trading-engine": ["worker"],
         "strategy-monitor": ["strategies", "run"],
+        "market-data": ["marketdata", "run"],
     }
     for name, app in apps.items():
         assert app["args"] == expected_args[name]
@@ -506,6 +543,40 @@ def test_ecosystem_api_instances_get_their_own_ports(
     for env_name in ("env", "env_production"):
         assert api[env_name]["PORT"] == 8000
         assert api[env_name]["HOST"] == "127.0.0.1"
+
+
+def test_ecosystem_metrics_ports_are_distinct_and_private(
+    ecosystem: tuple[dict[str, Any], Path],
+) -> None:
+    """Each instance of a role without an API gets its own metrics port (PM2's
+    increment_var for the roles with several instances), on 127.0.0.1 by default."""
+    config, _ = ecosystem
+    apps = {app["name"]: app for app in config["apps"]}
+    assert "METRICS_PORT" not in apps["trading-api"]["env_production"]
+    ports: list[int] = []
+    for name in ("trading-engine", "strategy-monitor", "market-data"):
+        app = apps[name]
+        for env_name in ("env", "env_production"):
+            assert app[env_name]["METRICS_HOST"] == "127.0.0.1", name
+        first = app["env_production"]["METRICS_PORT"]
+        assert app["env"]["METRICS_PORT"] == first, name
+        ports.extend(range(first, first + app["instances"]))
+    for name in ("trading-engine", "market-data"):  # several instances: one port each
+        assert apps[name]["increment_var"] == "METRICS_PORT", name
+    assert ports == [9100, 9101, 9102, 9103, 9200, 9300]
+    assert len(set(ports)) == len(ports)
+
+
+def test_ecosystem_market_data_stays_stopped_when_it_has_nothing_to_do(
+    ecosystem: tuple[dict[str, Any], Path],
+) -> None:
+    """Exit code 2 (paper mode, a configuration error) is final: no restart loop."""
+    from trading_backend.marketdata_cli import EXIT_NOT_APPLICABLE
+
+    config, _ = ecosystem
+    (app,) = [app for app in config["apps"] if app["name"] == "market-data"]
+    assert app["stop_exit_codes"] == [EXIT_NOT_APPLICABLE]
+    assert app["autorestart"] is True  # a crash is still restarted
 
 
 def test_ecosystem_restarts_shutdown_and_logs(ecosystem: tuple[dict[str, Any], Path]) -> None:
@@ -545,6 +616,9 @@ def test_ecosystem_counts_and_ports_are_configurable(tmp_path: Path) -> None:
             "API_INSTANCES": "3",
             "WORKER_INSTANCES": "6",
             "API_BASE_PORT": "9100",
+            "MARKETDATA_INSTANCES": "2",
+            "METRICS_BASE_PORT": "19100",
+            "METRICS_HOST": "0.0.0.0",
         }
     )
     assert result.returncode == 0, result.stderr
@@ -552,6 +626,11 @@ def test_ecosystem_counts_and_ports_are_configurable(tmp_path: Path) -> None:
     assert apps["trading-api"]["instances"] == 3
     assert apps["trading-api"]["env_production"]["PORT"] == 9100
     assert apps["trading-engine"]["instances"] == 6
+    assert apps["trading-engine"]["env_production"]["METRICS_PORT"] == 19100
+    assert apps["strategy-monitor"]["env_production"]["METRICS_PORT"] == 19200
+    assert apps["market-data"]["instances"] == 2
+    assert apps["market-data"]["env_production"]["METRICS_PORT"] == 19300
+    assert apps["market-data"]["env_production"]["METRICS_HOST"] == "0.0.0.0"
     bad = evaluate_ecosystem({"TRADING_BACKEND_LOG_DIR": str(tmp_path), "API_INSTANCES": "0"})
     assert bad.returncode != 0
     assert "API_INSTANCES must be a whole number of at least 1" in bad.stderr

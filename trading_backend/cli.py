@@ -23,6 +23,7 @@ from rich.table import Table
 from trading_backend import data_cli, instruments_cli, risk_cli
 from trading_backend.accounts import audit_cli
 from trading_backend.domain import DomainError, ErrorCode
+from trading_backend.observability import MetricsPortOption
 from trading_backend.strategies import cli as strategies_cli
 
 app = typer.Typer(
@@ -59,6 +60,16 @@ from trading_backend import marketdata_cli  # noqa: E402
 
 app.add_typer(marketdata_cli.app, name="marketdata")
 # -- end mdrole
+# -- portfolio analytics (issue #8) --
+from trading_backend.analytics import cli as portfolio_cli  # noqa: E402
+
+app.add_typer(portfolio_cli.app, name="portfolio")
+# -- end portfolio analytics
+# -- backtests (issue #8) --
+from trading_backend.backtest import cli as backtest_cli  # noqa: E402
+
+backtest_cli.register(app)
+# -- end backtests
 
 # Broker-specific setup commands (issue #6).
 from trading_backend.brokers import angel_one_cli  # noqa: E402
@@ -78,6 +89,25 @@ def _settings() -> Any:
     except ConfigurationError as exc:
         err_console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+# -- metrics (issue #7) --
+def _role_metrics(role: str, settings: Any, port: int | None) -> Any:
+    """The role's metrics endpoint (``observability.RoleMetrics``), bound before the role
+    starts, or None when off; a port that cannot be used is a configuration error."""
+    from trading_backend.observability import MetricsPortError, open_role_metrics
+
+    try:
+        metrics = open_role_metrics(role, settings, port)
+    except MetricsPortError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if metrics is not None:
+        console.print(f"metrics on {metrics.url} (no authentication)")
+    return metrics
+
+
+# -- end metrics
 
 
 def _fail(message: str, code: str | None = None) -> None:
@@ -142,12 +172,16 @@ def serve(
             f"  (saved in {settings.data_dir / 'demo-credentials.json'})"
         )
     console.print(f"API on http://{host}:{port}  (docs at http://{host}:{port}/docs)")
+    from trading_backend.observability import mark_role  # -- metrics (issue #7)
+
+    mark_role("api")
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="orders carried out at once")] = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run an order worker (with its own paper market) without the API."""
     from trading_backend.logging import configure_logging
@@ -157,9 +191,12 @@ def worker(
     if concurrency:
         settings.worker_concurrency = concurrency
     configure_logging(settings.log_level, settings.log_json)
+    metrics = _role_metrics("worker", settings, metrics_port)
 
     async def main() -> None:
         runtime = Runtime(settings)
+        if metrics is not None:
+            metrics.attach(runtime)
         await runtime.start()
         try:
             await runtime.wait_for_signal(
@@ -168,12 +205,17 @@ def worker(
                 )
             )
         finally:
+            if metrics is not None:
+                await metrics.detach()
             await runtime.stop()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 @db_app.command("upgrade")

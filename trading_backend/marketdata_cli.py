@@ -20,6 +20,8 @@ from typing import Any
 
 import typer
 
+from trading_backend.observability import MetricsPortOption
+
 app = typer.Typer(help="The live market-data feed (a cluster singleton).", no_args_is_help=True)
 
 EXIT_NOT_APPLICABLE = 2
@@ -47,7 +49,7 @@ def why_not_applicable(settings: Any) -> str | None:
 
 
 @app.command("run")
-def run() -> None:
+def run(metrics_port: MetricsPortOption = None) -> None:
     """Run the live market feed for the whole cluster (standing by while another process
     holds it); Ctrl-C or SIGTERM stop it gracefully and hand the feed to a standby."""
     from trading_backend import cli
@@ -60,9 +62,12 @@ def run() -> None:
         cli.err_console.print(f"[red]marketdata run has nothing to do[/red]: {reason}")
         raise typer.Exit(EXIT_NOT_APPLICABLE)
     configure_logging(settings.log_level, settings.log_json)
+    metrics = cli._role_metrics("marketdata", settings, metrics_port)  # -- metrics (#7)
 
     async def main() -> None:
         runtime = Runtime(settings)
+        if metrics is not None:
+            metrics.attach(runtime)
         await runtime.start(worker=False, market=False, health_monitor=False, market_feed=True)
         try:
             await runtime.wait_for_signal(
@@ -72,9 +77,14 @@ def run() -> None:
                 )
             )
         finally:
+            if metrics is not None:
+                await metrics.detach()
             await runtime.stop()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
     from trading_backend.accounts.api_keys import ApiKeyService
     from trading_backend.accounts.two_factor import TwoFactorService
+    from trading_backend.analytics.portfolio import PortfolioService  # portfolio (#8)
+    from trading_backend.backtest.jobs import BacktestJobs  # backtests (#8)
     from trading_backend.execution.leases import Lease  # leases (issue #7)
     from trading_backend.marketdata.candles import CandleService, Fetch
     from trading_backend.marketdata.distribution import MarketDistribution  # mdrole (#7)
@@ -592,6 +594,26 @@ class Runtime:
 
     # -- end leases
 
+    # -- portfolio analytics (issue #8) --
+    @cached_property
+    def portfolio(self) -> PortfolioService:
+        """Live P&L, equity snapshots and metrics per user, account and strategy."""
+        from trading_backend.analytics.portfolio import PortfolioService
+
+        return PortfolioService(self.db, self.market_view, clock=self._clock)
+
+    # -- end portfolio analytics
+
+    # -- backtests (issue #8) --
+    @cached_property
+    def backtests(self) -> BacktestJobs:
+        """The REST API's backtest jobs run in this process (made on first use)."""
+        from trading_backend.backtest.jobs import build_jobs
+
+        return build_jobs(self)
+
+    # -- end backtests
+
     async def start(
         self,
         *,
@@ -681,6 +703,16 @@ class Runtime:
                 "session-health",
             )
             # -- end leases
+            # -- portfolio analytics (issue #8): equity snapshots, once across the cluster
+            every = self.settings.portfolio_snapshot_seconds
+            if every > 0:
+                self._spawn(
+                    self._run_singleton(
+                        "portfolio-snapshots", lambda _token: self.portfolio.run_snapshots(every)
+                    ),
+                    "portfolio-snapshots",
+                )
+            # -- end portfolio analytics
         if strategies:
             runner = self.strategy_runner
             await runner.start()
@@ -749,6 +781,8 @@ class Runtime:
             if late:
                 log.warning("worker_shutdown_grace_exceeded", in_flight=self.worker.in_flight)
         await self.risk_service.close()
+        if "backtests" in self.__dict__:  # -- backtests (issue #8): running jobs end here
+            await self.backtests.close()
         if "market_hub" in self.__dict__:
             await self.market_hub.close()
         for task in self._tasks:

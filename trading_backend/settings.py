@@ -180,6 +180,29 @@ class Settings(BaseSettings):
     option_smile_curvature: float = Field(default=4.0, ge=0)
     create_demo_user: bool = True
 
+    # -- metrics (issue #7) --
+    # A plain HTTP Prometheus endpoint for the roles without an API (`worker`,
+    # `strategies run`, `marketdata run`): 0 = off. Per process (each needs its own port;
+    # `--metrics-port` overrides it). No authentication: keep METRICS_HOST on a private
+    # address (the default answers on this machine only). `serve` has GET /metrics instead.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # -- end metrics
+    # -- portfolio analytics (issue #8) --
+    # Every PORTFOLIO_SNAPSHOT_SECONDS one process (a cluster singleton with REDIS_URL)
+    # records each user's, account's and strategy's equity and P&L: the live equity
+    # curves behind GET /api/v1/portfolio/analytics. 0 turns the job off (on-demand
+    # snapshots still work).
+    portfolio_snapshot_seconds: float = Field(default=300.0, ge=0)
+    # -- end portfolio analytics
+    # -- backtests (issue #8) --
+    # Backtest jobs of the REST API (POST /api/v1/backtests): at most this many unfinished
+    # per user (counted in the database, so across API instances) and running at once in
+    # one API process; more is refused with 429 RATE_LIMITED.
+    backtest_max_per_user: int = Field(default=2, ge=1)
+    backtest_max_running: int = Field(default=4, ge=1)
+    # -- end backtests
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:

@@ -25,6 +25,8 @@ PUBLIC_OR_SELF = {
 ROLE_GUARDED_PREFIX = "/api/v1/admin/"
 # Path parameters that name shared things (instruments), not something a user owns.
 NOT_OWNED = {"symbol", "underlying"}
+# Query parameters that name something a user owns (each checked with Alice's id).
+OWNED_QUERY = {"config_id", "broker_config_id", "strategy_id"}
 
 
 def _body(path: str, method: str, alice: Account) -> dict[str, Any] | None:
@@ -90,6 +92,20 @@ async def test_other_users_ids_are_not_found_on_every_route(
     )
     assert strategy.status_code == 201, strategy.text
     strategy_id = strategy.json()["strategy_id"]
+    backtest = await client.post(
+        "/api/v1/backtests",
+        json={
+            "strategy": "sma_crossover",
+            "params": {"symbol": "INFY", "fast_period": 5, "slow_period": 20},
+            "symbols": ["NSE:INFY"],
+            "timeframe": "1d",
+            "start": "2024-01-01",
+            "end": "2024-03-01",
+            "data_source": "paper",
+        },
+        headers=alice.headers,
+    )
+    assert backtest.status_code == 202, backtest.text
     ids = {
         "config_id": alice.config_id,
         "order_id": order_id,
@@ -97,6 +113,7 @@ async def test_other_users_ids_are_not_found_on_every_route(
         "underlying": "NIFTY",
         "key_id": key_id,
         "strategy_id": strategy_id,
+        "backtest_id": backtest.json()["backtest_id"],
     }
 
     schema = (await client.get("/openapi.json")).json()
@@ -109,7 +126,7 @@ async def test_other_users_ids_are_not_found_on_every_route(
             body = _body(path, method, alice)
             uses_id = (
                 bool(set(re.findall(r"\{(\w+)\}", path)) - NOT_OWNED)
-                or "config_id" in params
+                or bool(OWNED_QUERY & set(params))
                 or (body is not None and "config_id" in body)
             )
             if not uses_id:
@@ -117,7 +134,10 @@ async def test_other_users_ids_are_not_found_on_every_route(
             unknown = set(re.findall(r"\{(\w+)\}", path)) - set(ids) - NOT_OWNED
             assert not unknown, f"give the isolation walk an id of Alice's for {unknown} ({path})"
             url = re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], path)
-            query = {"config_id": alice.config_id} if "config_id" in params else None
+            query = {
+                name: alice.config_id if "config" in name else strategy_id
+                for name in OWNED_QUERY & set(params)
+            } or None
             response = await client.request(
                 method.upper(), url, params=query, json=body, headers=bob.headers
             )

@@ -33,6 +33,7 @@ def test_catalogue() -> None:
         "futures_arbitrage",
         "grid",
         "dca",
+        "sma_crossover",
     ]
     for cls in BUILTINS:
         assert issubclass(cls, BaseStrategy)

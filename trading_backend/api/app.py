@@ -130,4 +130,10 @@ def create_app(
 
     app.include_router(queue_router.router)
     # -- end queue
+    from trading_backend.api.routers import portfolio  # -- portfolio analytics (issue #8)
+
+    app.include_router(portfolio.router)
+    from trading_backend.api.routers import backtests  # -- backtests (issue #8)
+
+    app.include_router(backtests.router)
     return app

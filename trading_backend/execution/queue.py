@@ -15,11 +15,21 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any, Protocol
 
+from prometheus_client import Histogram
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from trading_backend.domain import Order
 from trading_backend.storage.models import QueueEntryRow
+
+# Seconds from an entry's commit-time row to its first claim by a worker (both queue
+# backends): a growing lag means the workers cannot keep up. Redeliveries are not counted
+# again, so a retried entry does not pass for a slow queue.
+QUEUE_LAG = Histogram(
+    "trading_backend_queue_lag_seconds",
+    "Seconds from writing a queue entry to a worker first claiming it",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 
 
 class Priority(IntEnum):
@@ -92,6 +102,39 @@ class OrderQueue(Protocol):
     async def depth(self) -> dict[str, int]: ...
 
 
+async def add_entry(
+    session: AsyncSession,
+    *,
+    kind: str,
+    order_id: str,
+    priority: Priority,
+    payload: dict[str, Any] | None = None,
+    correlation_id: str | None = None,
+) -> int:
+    """Write a ready queue entry in the caller's transaction and return its id (flushed,
+    not committed). The one place the outbox row is made, for both queue backends: what
+    differs between them (waking a local worker, relaying to Redis after the commit) is
+    theirs to do with the id."""
+    row = QueueEntryRow(
+        kind=kind,
+        priority=int(priority),
+        order_id=order_id,
+        payload=payload or {},
+        status="ready",
+        correlation_id=correlation_id,
+        created_at=datetime.now(UTC),
+    )
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
+def observe_first_claim(attempts: int, created_at: datetime, now: datetime) -> None:
+    """Record the queue lag of an entry on its first delivery (``attempts == 1``)."""
+    if attempts == 1:
+        QUEUE_LAG.observe(max(0.0, (now - created_at).total_seconds()))
+
+
 class EmbeddedQueue:
     """Database-table queue with in-process wake-ups (no polling while work is flowing)."""
 
@@ -113,21 +156,18 @@ class EmbeddedQueue:
         payload: dict[str, Any] | None = None,
         correlation_id: str | None = None,
     ) -> int:
-        row = QueueEntryRow(
+        entry_id = await add_entry(
+            session,
             kind=kind,
-            priority=int(priority),
             order_id=order_id,
-            payload=payload or {},
-            status="ready",
+            priority=priority,
+            payload=payload,
             correlation_id=correlation_id,
-            created_at=datetime.now(UTC),
         )
-        session.add(row)
-        await session.flush()
         if self.has_local_worker:
             # Registered before the commit, so the worker cannot finish unseen.
-            self._expect(row.id)
-        return row.id
+            self._expect(entry_id)
+        return entry_id
 
     def _expect(self, entry_id: int) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -160,6 +200,7 @@ class EmbeddedQueue:
                 row.claimed_by = worker_id
                 row.claimed_at = now
                 row.attempts += 1
+                observe_first_claim(row.attempts, row.created_at, now)
             return [
                 QueueMessage(
                     entry_id=row.id,

@@ -54,7 +54,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from trading_backend.domain import DomainError, ErrorCode, OrderStatus
-from trading_backend.execution.queue import EmbeddedQueue, Outcome, Priority, QueueMessage
+from trading_backend.execution.queue import (
+    EmbeddedQueue,
+    Outcome,
+    Priority,
+    QueueMessage,
+    add_entry,
+    observe_first_claim,
+)
 from trading_backend.settings import ConfigurationError, Settings
 from trading_backend.storage.models import OrderRow, QueueEntryRow
 from trading_backend.storage.repositories import add_audit
@@ -213,21 +220,18 @@ class RedisStreamsQueue:
         correlation_id: str | None = None,
     ) -> int:
         """Write the outbox row in the caller's transaction; it is published after commit."""
-        row = QueueEntryRow(
+        entry_id = await add_entry(
+            session,
             kind=kind,
-            priority=int(priority),
             order_id=order_id,
-            payload=payload or {},
-            status="ready",
+            priority=priority,
+            payload=payload,
             correlation_id=correlation_id,
-            created_at=_utcnow(),
         )
-        session.add(row)
-        await session.flush()
-        self._track(session.sync_session, _Fresh(row.id, kind, order_id, priority))
+        self._track(session.sync_session, _Fresh(entry_id, kind, order_id, priority))
         # Registered before the commit, so no outcome (local or published) can go unseen.
-        self._expect(row.id)
-        return row.id
+        self._expect(entry_id)
+        return entry_id
 
     def _track(self, session: Session, fresh: _Fresh) -> None:
         """Remember the entry on its session; the commit hands it to ``notify``'s relay,
@@ -563,6 +567,7 @@ class RedisStreamsQueue:
         messages: list[StreamMessage] = []
         stale: list[_Candidate] = []
         seen: set[int] = set()
+        now = _utcnow()
         for candidate in candidates:
             row = rows.get(candidate.entry_id) if candidate.entry_id is not None else None
             if row is None or row.status != "ready" or row.id in seen:
@@ -579,6 +584,7 @@ class RedisStreamsQueue:
                 correlation_id=row.correlation_id,
                 stream_id=candidate.stream_id,
             )
+            observe_first_claim(message.attempts, row.created_at, now)
             if message.attempts - 1 >= self.max_attempts:
                 # Delivered again and again to workers that died before finishing it.
                 await self._dead_letter(

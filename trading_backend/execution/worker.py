@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,6 +39,21 @@ from trading_backend.storage.models import OrderRow
 from trading_backend.storage.repositories import add_event, copy_order_to_row, order_from_row
 
 log = structlog.get_logger(__name__)
+
+# -- metrics (issue #7): what a worker process shows on its metrics port (METRICS_PORT)
+ENTRIES_EXECUTED = Counter(
+    "trading_backend_orders_executed_total",
+    "Queue entries a worker carried out, by kind (place, cancel, modify) and outcome: ok, "
+    "refused (finished without success: broker rejection, order gone...) or error (raised; "
+    "the entry was released for another attempt)",
+    ["kind", "outcome"],
+)
+BROKER_CALL_SECONDS = Histogram(
+    "trading_backend_broker_call_seconds",
+    "Seconds a worker's order call to the broker took (timeouts and errors included)",
+    ["operation"],
+)
+# -- end metrics
 
 RECONCILE_STATUSES = (
     OrderStatus.SUBMITTED.value,
@@ -113,9 +129,11 @@ class OrderWorker:
             outcome = await self.process(message)
         except Exception as exc:
             log.exception("queue_entry_failed", entry_id=message.entry_id, kind=message.kind)
+            ENTRIES_EXECUTED.labels(message.kind, "error").inc()
             await self._queue.release(message, f"{type(exc).__name__}: {exc}")
         else:
             await self._queue.ack(message, outcome)
+            ENTRIES_EXECUTED.labels(message.kind, "ok" if outcome.ok else "refused").inc()
             self.processed += 1
         finally:
             self.in_flight -= 1
@@ -212,9 +230,10 @@ class OrderWorker:
         request = submitted.to_request()
         request.client_order_id = submitted.order_id  # the broker-side tag we reconcile by
         try:
-            broker_order_id = await asyncio.wait_for(
-                session.broker.place_order(request), self.broker_timeout
-            )
+            with BROKER_CALL_SECONDS.labels("place").time():
+                broker_order_id = await asyncio.wait_for(
+                    session.broker.place_order(request), self.broker_timeout
+                )
         except (BrokerTimeout, TimeoutError) as exc:
             return await self._fate_unknown(session, order_id, exc)
         except BrokerError as exc:
@@ -331,7 +350,8 @@ class OrderWorker:
         assert order.broker_order_id is not None
         session = await self._session_for(order)
         try:
-            await session.broker.cancel_order(order.broker_order_id)
+            with BROKER_CALL_SECONDS.labels("cancel").time():
+                await session.broker.cancel_order(order.broker_order_id)
         except BrokerError as exc:
             outcome = Outcome(False, exc.code.value, exc.message)
             await self._record_refusal(order_id, "CANCEL_REJECTED", outcome)
@@ -357,7 +377,8 @@ class OrderWorker:
             changes["order_type"] = OrderType(payload["order_type"])
         session = await self._session_for(order)
         try:
-            await session.broker.modify_order(order.broker_order_id, **changes)
+            with BROKER_CALL_SECONDS.labels("modify").time():
+                await session.broker.modify_order(order.broker_order_id, **changes)
         except BrokerError as exc:
             outcome = Outcome(False, exc.code.value, exc.message)
             await self._record_refusal(order_id, "MODIFY_REJECTED", outcome)

@@ -68,6 +68,10 @@ MARKET_BATCHES = Counter(
     "(by the other processes)",
     ["direction"],
 )
+MARKET_TICKS_PUBLISHED = Counter(  # metrics (issue #7)
+    "trading_backend_market_ticks_published_total",
+    "Quotes the feed holder published to the other processes",
+)
 MARKET_BATCHES_DROPPED = Counter(
     "trading_backend_market_batches_dropped_total",
     "Quote batches a process did not apply: malformed, stale (an older fencing token than "
@@ -441,6 +445,7 @@ class MarketDistribution:
             chunk = pending[start : start + MAX_QUOTES_PER_MESSAGE]
             self.bus.publish(MARKET, quotes_to_payload(self.feed, self._out_token, chunk))
             MARKET_BATCHES.labels(direction="published").inc()
+            MARKET_TICKS_PUBLISHED.inc(len(chunk))
 
     async def sync(self, upstream: KeyedUpstream) -> None:
         """Make the broker feed's subscriptions the cluster's union. A Redis error leaves

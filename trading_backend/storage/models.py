@@ -479,3 +479,66 @@ class InstrumentRow(Base):
     underlying: Mapped[str | None] = mapped_column(String(64), nullable=True)
     loaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# -- portfolio analytics (issue #8) --
+class PortfolioSnapshotRow(Base):
+    """A scope's equity and P&L at one moment, taken every PORTFOLIO_SNAPSHOT_SECONDS and
+    on demand: the live equity curve (``analytics/portfolio.py``).
+
+    ``scope`` names what the row measures, ``user:<id>`` (every account of the user),
+    ``account:<config id>`` or ``strategy:<strategy id>``: a unique key that, unlike the
+    nullable ``config_id``/``strategy_id`` pair, makes one row per scope and moment
+    enforceable on every database. ``capital`` is the base the equity stands on (None:
+    unknown, the equity is then the net P&L alone)."""
+
+    __tablename__ = "portfolio_snapshots"
+    __table_args__ = (
+        UniqueConstraint("scope", "taken_at", name="uq_portfolio_snapshots_scope_taken_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    config_id: Mapped[str | None] = mapped_column(
+        ForeignKey("broker_configs.id", ondelete="CASCADE"), nullable=True
+    )
+    # No foreign key: like orders, the history outlives a deleted strategy.
+    strategy_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scope: Mapped[str] = mapped_column(String(80))
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    capital: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    equity: Mapped[Decimal] = mapped_column(Money)
+    realised: Mapped[Decimal] = mapped_column(Money)
+    unrealised: Mapped[Decimal] = mapped_column(Money)
+    charges: Mapped[Decimal] = mapped_column(Money)
+
+
+# -- end portfolio analytics
+
+
+# -- backtests (issue #8) --
+class BacktestRunRow(Base):
+    """A backtest job of the REST API (``backtest/jobs.py``): its config, status
+    (QUEUED -> RUNNING -> DONE/FAILED) and, once finished, the result as JSON
+    (``BacktestResult.to_dict`` with the curve downsampled). ``runner`` is the API process
+    running it and ``heartbeat_at`` its last sign of life: a job whose process died is
+    told apart from one still running elsewhere, and marked FAILED ("interrupted")."""
+
+    __tablename__ = "backtest_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="QUEUED")
+    strategy: Mapped[str] = mapped_column(String(64))
+    data_source: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# -- end backtests

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from trading_backend.observability import MetricsPortOption
+
 app = typer.Typer(
     help="Strategies: kinds, create, start, stop, performance; `run` hosts them.",
     no_args_is_help=True,
@@ -262,7 +264,7 @@ def logs(
 
 
 @app.command("run")
-def run() -> None:
+def run(metrics_port: MetricsPortOption = None) -> None:
     """Host the strategies in this process (with its own order worker and paper market):
     resume every RUNNING strategy, then follow starts and stops made through the API.
     Run exactly one, with EMBEDDED_STRATEGIES=false on every `serve`."""
@@ -272,9 +274,12 @@ def run() -> None:
 
     settings = cli._settings()
     configure_logging(settings.log_level, settings.log_json)
+    metrics = cli._role_metrics("strategies", settings, metrics_port)  # -- metrics (#7)
 
     async def main() -> None:
         runtime = Runtime(settings)
+        if metrics is not None:
+            metrics.attach(runtime)
         await runtime.start(strategies=True)
         running = len(runtime.strategy_runner.running_ids)
         try:
@@ -284,9 +289,14 @@ def run() -> None:
                 )
             )
         finally:
+            if metrics is not None:
+                await metrics.detach()
             await runtime.stop()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -64,6 +64,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Gauge
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -84,6 +85,21 @@ STOPPED = "STOPPED"
 ERROR = "ERROR"
 
 _TRACEBACK_CHARS = 4000
+
+# -- metrics (issue #7): what the strategy runner's process shows (METRICS_PORT)
+STRATEGIES_RUNNING = Gauge(
+    "trading_backend_strategies_running", "Strategies hosted and running in this process"
+)
+STRATEGY_ERRORS = Counter(
+    "trading_backend_strategy_errors_total",
+    "Strategies that failed (a callback or their construction raised) and went to ERROR",
+    ["kind"],
+)
+BARS_DELIVERED = Counter(
+    "trading_backend_strategy_bars_delivered_total",
+    "Completed bars handed to running strategies (one per strategy and bar)",
+)
+# -- end metrics
 
 
 @dataclass(slots=True)
@@ -427,6 +443,7 @@ class StrategyRunner:
             )
             strategy = cls(ctx, params)
         except Exception as exc:  # noqa: BLE001 - recorded as the strategy's failure
+            STRATEGY_ERRORS.labels(snapshot["kind"]).inc()
             await self._record_failure(snapshot["id"], snapshot["user_id"], exc, None)
             return ERROR
         running = _Running(
@@ -439,6 +456,7 @@ class StrategyRunner:
             saved_state=_dump_state(ctx.state),
         )
         self._running[strategy_id] = running
+        STRATEGIES_RUNNING.inc()
         self._by_tag[strategy_tag(strategy_id)] = running
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         running.put(_Start(done))
@@ -503,7 +521,8 @@ class StrategyRunner:
 
     def _bar_sink(self, running: _Running) -> Callable[[Bar], Any]:
         async def on_bar(bar: Bar) -> None:
-            running.put(_Callback("bar", bar))
+            if running.put(_Callback("bar", bar)):
+                BARS_DELIVERED.inc()
 
         return on_bar
 
@@ -590,6 +609,7 @@ class StrategyRunner:
         self._dirty.discard(running)
 
     async def _fail(self, running: _Running, exc: BaseException) -> None:
+        STRATEGY_ERRORS.labels(running.kind).inc()
         self._close(running)
         await self._close_handles(running)
         try:
@@ -646,6 +666,7 @@ class StrategyRunner:
         running.closed = True
         if self._running.get(running.id) is running:
             del self._running[running.id]
+            STRATEGIES_RUNNING.dec()
         if self._by_tag.get(strategy_tag(running.id)) is running:
             del self._by_tag[strategy_tag(running.id)]
         for order_id in running.orders:

@@ -146,9 +146,14 @@ class ChargesBreakdown:
         )
 
     def to_dict(self) -> dict[str, object]:
-        data: dict[str, object] = asdict(self)
+        # Flat and immutable fields: a shallow dict equals ``asdict`` without its deep
+        # copies, which cost a backtest a third of each fill.
+        data: dict[str, object] = {name: getattr(self, name) for name in _BREAKDOWN_FIELDS}
         data["total"] = self.total
         return data
+
+
+_BREAKDOWN_FIELDS = tuple(f.name for f in fields(ChargesBreakdown))
 
 
 def segment_for(

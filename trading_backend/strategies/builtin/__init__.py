@@ -13,6 +13,7 @@ from trading_backend.strategies.builtin.grid import Grid
 from trading_backend.strategies.builtin.mean_reversion import MeanReversion
 from trading_backend.strategies.builtin.momentum import Momentum
 from trading_backend.strategies.builtin.options_selling import OptionsSelling
+from trading_backend.strategies.builtin.sma_crossover import SmaCrossover
 
 BUILTINS: list[type[BaseStrategy]] = [
     MeanReversion,
@@ -21,6 +22,7 @@ BUILTINS: list[type[BaseStrategy]] = [
     FuturesArbitrage,
     Grid,
     Dca,
+    SmaCrossover,
 ]
 
 __all__ = [
@@ -31,4 +33,5 @@ __all__ = [
     "MeanReversion",
     "Momentum",
     "OptionsSelling",
+    "SmaCrossover",
 ]
