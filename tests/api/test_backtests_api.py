@@ -68,12 +68,34 @@ async def test_a_bad_config_is_refused_synchronously_with_an_error_code(
         {**CONFIG, "start": "2024-09-01", "end": "2024-01-01"},
         {**CONFIG, "data_source": "file"},
         {"params": {}},  # no strategy
+        # The strategy asks for 15m bars of INFY while the run would replay daily bars.
+        {**CONFIG, "params": {**CONFIG["params"], "timeframe": "15m"}},
+        # ... or for another instrument than the one replayed.
+        {**CONFIG, "params": {**CONFIG["params"], "symbol": "TCS"}},
     ]
     for body in cases:
         answer = await client.post("/api/v1/backtests", json=body, headers=alice.headers)
         assert answer.status_code == 422, (body, answer.text)
         assert answer.json()["error_code"] == "VALIDATION_ERROR"
     assert (await client.get("/api/v1/backtests", headers=alice.headers)).json() == []
+
+
+async def test_the_strategy_follows_the_runs_symbol_and_timeframe(
+    client: httpx.AsyncClient, runtime: Runtime, alice: Account
+) -> None:
+    """As on the command line: params that do not name the instrument or the timeframe
+    take the run's, so the strategy trades what is replayed."""
+    body = {**CONFIG, "symbols": ["NSE:TCS"], "params": {"fast_period": 5, "slow_period": 20}}
+    posted = await client.post("/api/v1/backtests", json=body, headers=alice.headers)
+    assert posted.status_code == 202, posted.text
+    await jobs_for(runtime).wait(posted.json()["backtest_id"])
+    got = (
+        await client.get(f"/api/v1/backtests/{posted.json()['backtest_id']}", headers=alice.headers)
+    ).json()
+    assert got["status"] == "DONE", got["error"]
+    assert got["config"]["params"]["symbol"] == "TCS"
+    assert got["config"]["params"]["timeframe"] == "1d"
+    assert got["summary"]["instruments"] == ["NSE:TCS"]
 
 
 async def test_too_many_unfinished_jobs_is_a_429(

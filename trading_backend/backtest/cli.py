@@ -71,29 +71,6 @@ def _params(pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def fill_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The strategy's own ``symbol``/``exchange``/``timeframe`` params follow ``--symbols``
-    (one instrument) and ``--timeframe`` when not given as ``--param``: otherwise a
-    strategy would trade its default instrument while another one is replayed."""
-    from trading_backend.backtest.config import parse_instrument
-    from trading_backend.strategies.registry import StrategyRegistry
-
-    try:
-        fields = StrategyRegistry().get(config["strategy"]).Params.model_fields
-    except DomainError:
-        return config  # the unknown kind is reported by the backtest itself
-    params = dict(config.get("params") or {})
-    symbols = config.get("symbols") or []
-    if len(symbols) == 1 and "symbol" in fields and "symbol" not in params:
-        symbol, exchange = parse_instrument(symbols[0])
-        params["symbol"] = symbol
-        if "exchange" in fields and "exchange" not in params:
-            params["exchange"] = exchange.value
-    if config.get("timeframe") and "timeframe" in fields and "timeframe" not in params:
-        params["timeframe"] = config["timeframe"]
-    return {**config, "params": params}
-
-
 def _csv_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
@@ -231,6 +208,8 @@ def backtest(
             _sweep(config, param, csv, source, seed, workers, rank_by, top, as_json)
         else:
             config["params"] = _params(param)
+            from trading_backend.backtest.config import fill_params
+
             _single(fill_params(config), csv, source, seed, report, no_report, as_json)
     except typer.Exit as exc:
         if exc.exit_code == 1:  # data_cli._moment's failure is bad input here
@@ -331,6 +310,8 @@ def _sweep(
         _bad(f"--rank-by {rank_by!r} is no metric; one of {', '.join(sorted(RANKABLE))}")
     grid = parse_grid(param or [])
     fixed = {k: v[0] for k, v in grid.items() if len(v) == 1}
+    from trading_backend.backtest.config import fill_params
+
     base = fill_params({**config, "params": fixed})
     varying = {k: v for k, v in grid.items() if len(v) > 1}
     if csv:

@@ -169,3 +169,30 @@ def parse_config(data: BacktestConfig | dict[str, Any]) -> BacktestConfig:
             ErrorCode.VALIDATION_ERROR,
             errors=[{**e, "loc": [str(p) for p in e["loc"]]} for e in errors],
         ) from None
+
+
+def fill_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The strategy's own ``symbol``/``exchange``/``timeframe`` params follow the config's
+    ``symbols`` (one instrument) and ``timeframe`` when the params do not give them:
+    otherwise a strategy would trade its default instrument while another one is
+    replayed. The CLI and the REST API both apply it to what the user wrote."""
+    from trading_backend.strategies.registry import StrategyRegistry
+
+    kind, params, symbols = config.get("strategy"), config.get("params"), config.get("symbols")
+    if not isinstance(kind, str) or not isinstance(params or {}, dict):
+        return config  # parse_config reports what is wrong with them
+    try:
+        fields = StrategyRegistry().get(kind).Params.model_fields
+    except DomainError:
+        return config  # the unknown kind is reported by the backtest itself
+    params = dict(params or {})
+    if not isinstance(symbols, list):
+        symbols = []
+    if len(symbols) == 1 and "symbol" in fields and "symbol" not in params:
+        symbol, exchange = parse_instrument(symbols[0])
+        params["symbol"] = symbol
+        if "exchange" in fields and "exchange" not in params:
+            params["exchange"] = exchange.value
+    if config.get("timeframe") and "timeframe" in fields and "timeframe" not in params:
+        params["timeframe"] = config["timeframe"]
+    return {**config, "params": params}

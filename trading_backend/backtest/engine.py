@@ -273,6 +273,14 @@ class Backtest:
         )
         return text
 
+    def check(self) -> None:
+        """Raise now what ``run()`` would find only after loading the data: a strategy
+        (as configured) subscribing to an instrument or a timeframe the run does not
+        replay. The API calls it before accepting a job."""
+        instruments, timeframe = self.plan()
+        keys = [f"{exchange.value}:{symbol}" for symbol, exchange in instruments]
+        self._routing(self._probe_subscriptions(), keys, timeframe)
+
     def _routing(
         self, subscriptions: Sequence[Subscription], keys: list[str], timeframe: Timeframe
     ) -> tuple[list[bool], list[bool]]:

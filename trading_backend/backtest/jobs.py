@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from sqlalchemy import func, select, update
 
-from trading_backend.backtest.config import BacktestConfig, parse_config
+from trading_backend.backtest.config import BacktestConfig, fill_params, parse_config
 from trading_backend.backtest.data import CandleSource, InMemorySource, paper_history
 from trading_backend.backtest.engine import Backtest, run_backtest
 from trading_backend.domain import DomainError, ErrorCode
@@ -152,8 +152,9 @@ class BacktestJobs:
         """Validate, store and start one job; ``DomainError`` for a bad config, 429 codes
         over the limits."""
         await self.recover()
-        parsed = parse_config(config)
-        Backtest(parsed, InMemorySource([]))  # the kind and its params, before anything runs
+        parsed = parse_config(fill_params(config))
+        # The kind, its params and what it subscribes to, before anything is stored or run.
+        Backtest(parsed, InMemorySource([])).check()
         if data_source not in ("paper", "database"):
             raise DomainError(
                 "data_source must be 'paper' or 'database'", ErrorCode.VALIDATION_ERROR
