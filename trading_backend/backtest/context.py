@@ -41,7 +41,7 @@ from trading_backend.domain import (
     Timeframe,
 )
 from trading_backend.strategies.base import OptionQuote, TickView
-from trading_backend.strategies.context import strategy_tag
+from trading_backend.strategies.context import order_log_entry, strategy_tag
 
 __all__ = ["BacktestContext", "LogEntry"]
 
@@ -139,22 +139,7 @@ class BacktestContext:
         self.order_actions += 1
         now = self._clock()
         placed = self._broker.place(order, now, self._tag)
-        self.logs.append(
-            LogEntry(
-                now,
-                "order",
-                {
-                    "order_id": placed.order_id,
-                    "symbol": placed.symbol,
-                    "exchange": placed.exchange.value,
-                    "side": placed.side.value,
-                    "order_type": placed.order_type.value,
-                    "quantity": placed.quantity,
-                    "price": placed.price,
-                    "status": placed.status.value,
-                },
-            )
-        )
+        self.logs.append(LogEntry(now, "order", order_log_entry(placed)))
         return placed
 
     async def cancel_order(self, order_id: str) -> Order:

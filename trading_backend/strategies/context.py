@@ -99,6 +99,20 @@ async def strategy_fills(session: AsyncSession, user_id: str, strategy_id: str) 
     ]
 
 
+def order_log_entry(order: Order) -> dict[str, Any]:
+    """What the signal log records of a placed order (live and in backtests alike)."""
+    return {
+        "order_id": order.order_id,
+        "symbol": order.symbol,
+        "exchange": order.exchange.value,
+        "side": order.side.value,
+        "order_type": order.order_type.value,
+        "quantity": order.quantity,
+        "price": order.price,
+        "status": order.status.value,
+    }
+
+
 def positions_from_fills(fills: Sequence[Fill]) -> list[Position]:
     """Average-cost positions per instrument, flat ones included (they carry realised P&L)."""
     positions: dict[tuple[str, str, str], Position] = {}
@@ -209,19 +223,7 @@ class RunnerContext:
         placed = result.order
         if self._on_order_placed is not None:
             self._on_order_placed(placed)
-        await self.log(
-            "order",
-            {
-                "order_id": placed.order_id,
-                "symbol": placed.symbol,
-                "exchange": placed.exchange.value,
-                "side": placed.side.value,
-                "order_type": placed.order_type.value,
-                "quantity": placed.quantity,
-                "price": placed.price,
-                "status": placed.status.value,
-            },
-        )
+        await self.log("order", order_log_entry(placed))
         return placed
 
     async def cancel_order(self, order_id: str) -> Order:
