@@ -40,7 +40,7 @@ from trading_backend.analytics.metrics import (
     trading_days_for,
 )
 from trading_backend.analytics.pnl import PnL, pnl_from_fills, total
-from trading_backend.domain import DomainError, ErrorCode, Exchange, Fill, OrderSide, ProductType
+from trading_backend.domain import DomainError, ErrorCode, Exchange, Fill
 from trading_backend.domain.calendar import IST
 from trading_backend.domain.money import ZERO, to_decimal
 from trading_backend.storage.models import (
@@ -51,6 +51,7 @@ from trading_backend.storage.models import (
     StrategyRow,
     TradeRow,
 )
+from trading_backend.storage.repositories import fill_from_row
 
 log = structlog.get_logger(__name__)
 
@@ -226,7 +227,7 @@ class PortfolioService:
                 .order_by(TradeRow.executed_at, TradeRow.id)
             )
             for trade, strategy_id in trades.all():
-                fill = _fill(trade)
+                fill = fill_from_row(trade)
                 account = accounts[trade.config_id]
                 account.fills.append(fill)
                 part = strategies.get(strategy_id) if strategy_id else None
@@ -479,21 +480,6 @@ def _basis(fills: Sequence[Fill]) -> Exchange:
     if fills and all(f.exchange is Exchange.CRYPTO for f in fills):
         return Exchange.CRYPTO
     return Exchange.NSE
-
-
-def _fill(row: TradeRow) -> Fill:
-    return Fill(
-        trade_id=row.trade_id,
-        broker_order_id=row.broker_order_id,
-        symbol=row.symbol,
-        exchange=Exchange(row.exchange),
-        side=OrderSide(row.side),
-        product_type=ProductType(row.product_type),
-        quantity=row.quantity,
-        price=row.price,
-        charges=row.charges or ZERO,
-        timestamp=row.executed_at,
-    )
 
 
 __all__ = [

@@ -32,6 +32,22 @@ from trading_backend.storage.models import (
 )
 
 
+def fill_from_row(row: TradeRow) -> Fill:
+    """A stored trade as the domain's ``Fill``."""
+    return Fill(
+        trade_id=row.trade_id,
+        broker_order_id=row.broker_order_id,
+        symbol=row.symbol,
+        exchange=Exchange(row.exchange),
+        side=OrderSide(row.side),
+        product_type=ProductType(row.product_type),
+        quantity=row.quantity,
+        price=row.price,
+        charges=row.charges or Decimal(0),
+        timestamp=row.executed_at,
+    )
+
+
 def order_from_row(row: OrderRow) -> Order:
     return Order(
         order_id=row.id,

@@ -23,16 +23,14 @@ from trading_backend.domain import (
     Exchange,
     Fill,
     Order,
-    OrderSide,
     OrderStatus,
     Position,
-    ProductType,
     Timeframe,
 )
 from trading_backend.domain.orders import MAX_TAG_LENGTH
 from trading_backend.execution.order_service import OrderNotFound, OrderService
 from trading_backend.storage.models import OrderRow, StrategySignalRow, TradeRow, utcnow
-from trading_backend.storage.repositories import order_from_row
+from trading_backend.storage.repositories import fill_from_row, order_from_row
 from trading_backend.strategies.base import OptionQuote, TickView
 from trading_backend.strategies.ports import MarketReader
 
@@ -82,21 +80,7 @@ async def strategy_fills(session: AsyncSession, user_id: str, strategy_id: str) 
             .order_by(TradeRow.executed_at, TradeRow.id)
         )
     ).all()
-    return [
-        Fill(
-            trade_id=row.trade_id,
-            broker_order_id=row.broker_order_id,
-            symbol=row.symbol,
-            exchange=Exchange(row.exchange),
-            side=OrderSide(row.side),
-            product_type=ProductType(row.product_type),
-            quantity=row.quantity,
-            price=row.price,
-            charges=row.charges or Decimal(0),
-            timestamp=row.executed_at,
-        )
-        for row in rows
-    ]
+    return [fill_from_row(row) for row in rows]
 
 
 def order_log_entry(order: Order) -> dict[str, Any]:
