@@ -22,6 +22,7 @@ from rich.table import Table
 
 from trading_backend import data_cli, instruments_cli, risk_cli
 from trading_backend.accounts import audit_cli
+from trading_backend.cli_options import DEFAULT_URL, ApiUrl, Password, Token, Username
 from trading_backend.domain import DomainError, ErrorCode
 from trading_backend.observability import MetricsPortOption
 from trading_backend.strategies import cli as strategies_cli
@@ -519,15 +520,6 @@ class _Api:
         if response.status_code >= 400:
             _fail(str(body.get("message", body)), body.get("error_code"))
         return body
-
-
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TB_API_URL", help="server URL")]
-Username = Annotated[str | None, typer.Option(envvar="TB_USERNAME", help="login name")]
-Password = Annotated[str | None, typer.Option(envvar="TB_PASSWORD", help="password")]
-Token = Annotated[
-    str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")
-]
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 @api_key_app.command("create")

@@ -15,17 +15,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from trading_backend.cli_options import DEFAULT_URL, ApiUrl, Password, Token, Username
+
 app = typer.Typer(
     help="Risk: limits (own and ceilings), status, kill switches, resets.",
     no_args_is_help=True,
 )
 
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TB_API_URL", help="server URL")]
-Username = Annotated[str | None, typer.Option(envvar="TB_USERNAME", help="login name")]
-Password = Annotated[str | None, typer.Option(envvar="TB_PASSWORD", help="password")]
-Token = Annotated[
-    str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")
-]
+
 ConfigId = Annotated[
     str | None,
     typer.Option("--config-id", help="one broker account (default: user-wide / all accounts)"),
@@ -37,7 +34,6 @@ ForUser = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="print the server's JSON answer")]
-DEFAULT_URL = "http://127.0.0.1:8000"
 BASE = "/api/v1/risk"
 ADMIN_BASE = "/api/v1/admin/risk"
 

@@ -11,15 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from trading_backend.cli_options import DEFAULT_URL, ApiUrl, Password, Token, Username
+
 app = typer.Typer(help="Portfolio analytics: P&L, equity curve, metrics.", no_args_is_help=True)
 
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TB_API_URL", help="server URL")]
-Username = Annotated[str | None, typer.Option(envvar="TB_USERNAME", help="login name")]
-Password = Annotated[str | None, typer.Option(envvar="TB_PASSWORD", help="password")]
-Token = Annotated[
-    str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")
-]
-DEFAULT_URL = "http://127.0.0.1:8000"
+
 BASE = "/api/v1/portfolio"
 # The metrics shown in the table (``--json`` prints all of them).
 SHOWN = (

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from trading_backend.cli_options import DEFAULT_URL, ApiUrl, Password, Token, Username
 from trading_backend.observability import MetricsPortOption
 
 app = typer.Typer(
@@ -22,13 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TB_API_URL", help="server URL")]
-Username = Annotated[str | None, typer.Option(envvar="TB_USERNAME", help="login name")]
-Password = Annotated[str | None, typer.Option(envvar="TB_PASSWORD", help="password")]
-Token = Annotated[
-    str | None, typer.Option(envvar="TB_TOKEN", help="access token instead of a login")
-]
-DEFAULT_URL = "http://127.0.0.1:8000"
+
 BASE = "/api/v1/strategies"
 
 
